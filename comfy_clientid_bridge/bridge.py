@@ -1,0 +1,181 @@
+"""The bridge's decisions: which tab a programmatic /prompt submission belongs to."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from .lineage import Ledger, PromptRecord, changed_widgets, closest_ancestor
+from .self_connections import SelfConnection
+
+logger = logging.getLogger(__name__)
+
+# Keys of extra_data that may be carried from an origin to its re-queue. Everything else
+# (api_key_comfy_org, auth_token_comfy_org, ...) is never copied, logged or reported.
+CARRIED_KEY = "extra_pnginfo"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: str  # "rewrite" | "keep" | "untouched"
+    reason: str
+    client_id: str | None = None
+    origin_prompt_id: str | None = None
+
+
+@dataclass(slots=True)
+class Pending:
+    """One programmatic request in flight: set by the middleware, read by on_prompt."""
+
+    connection: SelfConnection
+    decision: Decision | None = None
+
+
+# The middleware and ComfyUI's on-prompt handlers run in the same task, so a context
+# variable carries the transport fact to the only place that may change the JSON.
+PENDING: ContextVar[Pending | None] = ContextVar("clientid_bridge_pending", default=None)
+
+
+def short(client_id: str | None) -> str | None:
+    """Enough of a client id to tell tabs apart in logs, not enough to take one over."""
+    return None if client_id is None else client_id[:8]
+
+
+@dataclass
+class Bridge:
+    """Decides and applies the origin tab of programmatic submissions.
+
+    `executing` gives the prompt running now, `is_connected` says whether a client id has
+    an open websocket, and `is_worker_thread` whether a thread name is ComfyUI's executor.
+    """
+
+    executing: Callable[[], PromptRecord | None]
+    is_connected: Callable[[str], bool]
+    is_worker_thread: Callable[[str], bool]
+    ledger: Ledger = field(default_factory=Ledger)
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("submissions", "programmatic", "rewrite", "keep", "untouched"), 0
+        )
+    )
+    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
+
+    def on_prompt(self, json_data: Any) -> Any:
+        """ComfyUI on-prompt handler: returns the (possibly rewritten) request JSON."""
+        self.counts["submissions"] += 1
+        pending = PENDING.get()
+        if pending is None:
+            if _well_formed(json_data):
+                self.ledger.add(_record(json_data))
+            return json_data
+        self.counts["programmatic"] += 1
+        pending.decision = self.decide(json_data, pending.connection)
+        self.counts[pending.decision.action] += 1
+        return json_data
+
+    def decide(self, json_data: Any, connection: SelfConnection) -> Decision:
+        """Rewrites `json_data` in place when it belongs to a known tab."""
+        if not _well_formed(json_data):
+            return Decision("untouched", "malformed body: left to ComfyUI")
+        child = _record(json_data)
+        if child.client_id is not None and self.is_connected(child.client_id):
+            self.ledger.add(child)
+            return Decision("keep", "names a connected client", child.client_id)
+        origin, how = self._origin(child, connection)
+        if origin is None:
+            self.ledger.add(child)
+            return Decision("untouched", "no origin prompt found")
+        child.step = changed_widgets(origin, child)
+        if origin.client_id is None:
+            self.ledger.add(child)
+            return Decision("untouched", f"origin ({how}) has no client", None, origin.prompt_id)
+        why = "stale client_id" if child.client_id is not None else "no client_id"
+        json_data["client_id"] = child.client_id = origin.client_id
+        child.extra_pnginfo = _carry_workflow(json_data, origin)
+        self.ledger.add(child)
+        return Decision("rewrite", f"{why}; origin by {how}", origin.client_id, origin.prompt_id)
+
+    def _origin(
+        self, child: PromptRecord, connection: SelfConnection
+    ) -> tuple[PromptRecord | None, str]:
+        if self.is_worker_thread(connection.thread_name):
+            executing = self.executing()
+            if executing is not None:
+                # Node code runs on the executor thread: the prompt running now made this call.
+                return executing, "executing prompt"
+        # A timer or another thread: by now another tab's prompt may be running, so follow
+        # the graph the re-queue copied.
+        return closest_ancestor(child, self.ledger.newest_first()), "graph lineage"
+
+    def report(self, pending: Pending, prompt_id: str | None, status: int) -> None:
+        """Logs and keeps one line per programmatic decision, once the response is known."""
+        decision = pending.decision
+        if decision is None:  # ComfyUI rejected the body before the on-prompt handlers
+            return
+        entry = {
+            "at": round(time.time(), 3),
+            "action": decision.action,
+            "reason": decision.reason,
+            "prompt_id": prompt_id,
+            "status": status,
+            "client": short(decision.client_id),
+            "origin_prompt_id": decision.origin_prompt_id,
+            "thread": pending.connection.thread_name,
+        }
+        self.recent.append(entry)
+        level = logging.INFO if decision.action == "rewrite" else logging.DEBUG
+        logger.log(
+            level,
+            "clientid_bridge: prompt %s %s -> client %s (origin %s; %s)",
+            prompt_id,
+            decision.action,
+            entry["client"],
+            decision.origin_prompt_id,
+            decision.reason,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "remembered_prompts": len(self.ledger),
+            "recent": list(self.recent),
+        }
+
+
+def _well_formed(json_data: Any) -> bool:
+    """The shapes ComfyUI itself accepts; anything else is ComfyUI's to answer."""
+    if not isinstance(json_data, dict) or not isinstance(json_data.get("prompt"), dict):
+        return False
+    client_id = json_data.get("client_id")
+    extra = json_data.get("extra_data", {})
+    return (client_id is None or isinstance(client_id, str)) and isinstance(extra, dict)
+
+
+def _record(json_data: dict[str, Any]) -> PromptRecord:
+    """A well-formed submission as the ledger keeps it (never its other extra_data keys)."""
+    pnginfo = json_data.get("extra_data", {}).get(CARRIED_KEY)
+    prompt_id = json_data.get("prompt_id")
+    return PromptRecord(
+        client_id=json_data.get("client_id"),
+        graph=json_data["prompt"],
+        extra_pnginfo=pnginfo if isinstance(pnginfo, Mapping) else None,
+        prompt_id=prompt_id if isinstance(prompt_id, str) else None,
+    )
+
+
+def _carry_workflow(json_data: dict[str, Any], origin: PromptRecord) -> Mapping[str, Any] | None:
+    """Gives the re-queue its origin's UI workflow, so saved images embed it."""
+    extra = json_data.setdefault("extra_data", {})
+    target = extra.get(CARRIED_KEY)
+    source = origin.extra_pnginfo
+    if source and "workflow" in source:
+        if target is None:
+            target = extra[CARRIED_KEY] = dict(source)
+        elif isinstance(target, dict) and "workflow" not in target:
+            target["workflow"] = source["workflow"]
+    return target if isinstance(target, Mapping) else None

@@ -1,0 +1,134 @@
+"""Which TCP connections to our own server were opened by code in this very process."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+Address = tuple[str, int]
+
+# Bounded so that a pack holding many idle keep-alive connections cannot grow us.
+MAX_TRACKED = 256
+
+
+@dataclass(frozen=True, slots=True)
+class SelfConnection:
+    """A client socket of this process whose peer is one of our server's sockets."""
+
+    local: Address
+    remote: Address
+    thread_name: str
+
+
+def normalize(address: Any) -> Address | None:
+    """(host, port) of a socket address; IPv4-mapped IPv6 hosts are folded to IPv4."""
+    if not isinstance(address, tuple) or len(address) < 2:
+        return None
+    host, port = address[0], address[1]
+    if not isinstance(host, str) or not isinstance(port, int):
+        return None
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, port
+
+
+class SelfConnections:
+    """Registry of sockets this process connected to one of the watched ports.
+
+    Filled by a `sys.addaudithook` hook on the documented `socket.connect` audit event,
+    which fires in the connecting thread for every Python socket (urllib, requests,
+    http.client, aiohttp, websocket-client all go through it). A request whose TCP peer
+    is the local end of one of these sockets was made from inside this process: a fact
+    read from the two ends of one connection, not a guess from headers.
+    """
+
+    def __init__(self, *, max_tracked: int = MAX_TRACKED) -> None:
+        if max_tracked < 1:
+            raise ValueError(f"max_tracked must be >= 1, got {max_tracked!r}")
+        self._max_tracked = max_tracked
+        self._ports: frozenset[int] = frozenset()
+        self._tracked: dict[int, tuple[weakref.ref[socket.socket], str]] = {}
+        self._lock = threading.Lock()
+        self._hooked = False
+
+    @property
+    def ports(self) -> frozenset[int]:
+        return self._ports
+
+    def watch_port(self, port: int) -> None:
+        """Track connections to `port`; installs the audit hook on first use."""
+        if port in self._ports:
+            return
+        with self._lock:
+            self._ports = self._ports | {port}
+            if not self._hooked:
+                sys.addaudithook(_make_hook(weakref.ref(self)))
+                self._hooked = True
+
+    def record(self, sock: object, address: object) -> None:
+        """Called from the audit hook, in the connecting thread."""
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+            return
+        target = normalize(address)
+        if target is None or target[1] not in self._ports:
+            return
+        entry = (weakref.ref(sock), threading.current_thread().name)
+        with self._lock:
+            self._tracked[id(sock)] = entry
+            if len(self._tracked) > self._max_tracked:
+                del self._tracked[next(iter(self._tracked))]
+
+    def lookup(self, peername: object, sockname: object) -> SelfConnection | None:
+        """The tracked socket at the other end of the connection (`peername` -> `sockname`)."""
+        if not self._tracked:
+            return None
+        peer, here = normalize(peername), normalize(sockname)
+        if peer is None or here is None:
+            return None
+        with self._lock:
+            entries = list(self._tracked.items())
+        for key, (ref, thread_name) in entries:
+            ends = _ends(ref())
+            if ends is None:
+                self._forget(key, ref)
+            elif ends == (peer, here):
+                return SelfConnection(local=peer, remote=here, thread_name=thread_name)
+        return None
+
+    def _forget(self, key: int, ref: weakref.ref[socket.socket]) -> None:
+        with self._lock:
+            if self._tracked.get(key, (None,))[0] is ref:
+                del self._tracked[key]
+
+
+def _ends(sock: socket.socket | None) -> tuple[Address | None, Address | None] | None:
+    """(local, remote) of a live socket; None once it is closed or collected."""
+    if sock is None or sock.fileno() == -1:
+        return None
+    try:
+        return normalize(sock.getsockname()), normalize(sock.getpeername())
+    except OSError:  # connect still in progress or failed: not a match, not dead yet
+        return (None, None)
+
+
+def _make_hook(registry_ref: weakref.ref[SelfConnections]) -> Any:
+    # Audit hooks run for every audited event in the process and cannot be removed:
+    # keep the common path to one string comparison.
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event == "socket.connect":
+            registry = registry_ref()
+            if registry is not None:
+                try:
+                    registry.record(args[0], args[1])
+                except Exception:  # noqa: S110 - raising here would fail the caller's connect()
+                    pass
+
+    return hook
+
+
+# One per process: the audit hook is process-wide and permanent.
+SELF_CONNECTIONS = SelfConnections()
