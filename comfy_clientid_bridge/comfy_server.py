@@ -112,9 +112,7 @@ def _install(server: Any) -> bool:
     if port is not None:
         SELF_CONNECTIONS.watch_port(port)
     app[BRIDGE] = bridge
-    app.middlewares.append(
-        clientid_bridge_middleware(bridge=bridge, connections=SELF_CONNECTIONS)
-    )
+    app.middlewares.append(clientid_bridge_middleware(bridge=bridge, connections=SELF_CONNECTIONS))
     server.add_on_prompt_handler(bridge.on_prompt)
     logger.info("clientid_bridge: re-queued prompts now reach the tab that started them")
     return True

@@ -67,7 +67,9 @@ def scalar_widgets(graph: Mapping[str, Any]) -> dict[WidgetKey, Scalar]:
 def changed_widgets(parent: PromptRecord, child: PromptRecord) -> frozenset[WidgetKey]:
     a, b = parent.widgets, child.widgets
     missing = object()
-    return frozenset(key for key in a.keys() | b.keys() if a.get(key, missing) != b.get(key, missing))
+    return frozenset(
+        key for key in a.keys() | b.keys() if a.get(key, missing) != b.get(key, missing)
+    )
 
 
 def closest_ancestor(

@@ -1,0 +1,182 @@
+"""The bridge's behaviour table, against a small app playing ComfyUI's /prompt contract."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from conftest import (
+    SECRETS,
+    TAB_A,
+    TAB_B,
+    WORKER_THREAD,
+    WORKFLOW,
+    bridge_of,
+    comfy_of,
+    graph,
+    post_from_outside,
+    post_from_thread,
+    running,
+)
+
+PATHS = pytest.mark.parametrize("path", ["/prompt", "/api/prompt"], ids=["prompt", "api-prompt"])
+STALE = "f" * 32
+
+# (who, body sent, client running now, client_id the handler must see, workflow carried)
+CASES = [
+    ("browser", {"client_id": TAB_B}, TAB_A, TAB_B, False),
+    ("outside", {}, TAB_A, None, False),
+    ("outside", {"client_id": STALE}, TAB_A, STALE, False),
+    ("node", {}, TAB_A, TAB_A, True),
+    ("node", {"client_id": STALE}, TAB_A, TAB_A, True),
+    ("node", {"client_id": TAB_B}, TAB_A, TAB_B, False),
+    ("node", {}, None, None, False),
+    ("node", {"client_id": STALE}, None, STALE, False),
+]
+IDS = [
+    "browser-live-client-untouched",
+    "outside-script-no-client-untouched",
+    "outside-script-stale-client-untouched",
+    "node-no-client-gets-origin",
+    "node-stale-client-gets-origin",
+    "node-live-client-kept",
+    "node-origin-without-client-untouched",
+    "node-stale-origin-without-client-untouched",
+]
+
+
+async def send(server: TestServer, who: str, path: str, body: Any) -> tuple[int, bytes]:
+    url = str(server.make_url(path))
+    if who == "node":
+        return await post_from_thread(url, body)
+    origin = str(server.make_url("")) if who == "browser" else ""
+    return await post_from_outside(url, body, origin=origin)
+
+
+@PATHS
+@pytest.mark.parametrize(("who", "extra", "origin_client", "expected", "carried"), CASES, ids=IDS)
+async def test_routing_table(
+    comfy_server: TestServer,
+    path: str,
+    who: str,
+    extra: dict[str, Any],
+    origin_client: str | None,
+    expected: str | None,
+    carried: bool,
+) -> None:
+    comfy_of(comfy_server).running = running(origin_client)
+    body = {"prompt": graph(1), **extra}
+
+    status, _ = await send(comfy_server, who, path, body)
+
+    assert status == 200
+    [received] = comfy_of(comfy_server).received
+    assert received.get("client_id") == expected
+    pnginfo = received.get("extra_data", {}).get("extra_pnginfo")
+    assert pnginfo == ({"workflow": WORKFLOW} if carried else None)
+    assert received["prompt"] == body["prompt"]
+
+
+async def test_outside_requests_are_not_counted_as_programmatic(comfy_server: TestServer) -> None:
+    await send(comfy_server, "outside", "/prompt", {"prompt": graph()})
+    counts = bridge_of(comfy_server).counts
+    assert (counts["submissions"], counts["programmatic"]) == (1, 0)
+
+
+async def test_timer_after_node_returned_follows_its_graph_not_the_running_prompt(
+    comfy_server: TestServer,
+) -> None:
+    url = str(comfy_server.make_url("/prompt"))
+    await post_from_outside(url, {"prompt": graph(0, "tabA"), "client_id": TAB_A})
+    await post_from_outside(url, {"prompt": graph(0, "tabB"), "client_id": TAB_B})
+    # Tab B's prompt runs when tab A's timer fires, 0.1 s after A's node returned.
+    comfy_of(comfy_server).running = running(TAB_B, 0, "tabB")
+
+    await post_from_thread(url, {"prompt": graph(1, "tabA")}, thread_name="Thread-7", delay=0.1)
+
+    assert comfy_of(comfy_server).received[-1]["client_id"] == TAB_A
+
+
+async def test_chain_iteration_inherits_from_the_previous_iteration(
+    comfy_server: TestServer,
+) -> None:
+    url = str(comfy_server.make_url("/api/prompt"))
+    comfy = comfy_of(comfy_server)
+    comfy.running = running(TAB_A, 0)
+    for index in range(1, 5):
+        await post_from_thread(url, {"prompt": graph(index), "client_id": STALE})
+        # Iteration k runs with what the bridge gave it; its node queues k + 1.
+        sent = comfy.received[-1]
+        comfy.running = running(sent["client_id"], index)
+        comfy.running.extra_pnginfo = sent["extra_data"]["extra_pnginfo"]
+    assert [r["client_id"] for r in comfy.received] == [TAB_A] * 4
+    assert bridge_of(comfy_server).counts["rewrite"] == 4
+
+
+async def test_own_workflow_and_other_extra_data_are_kept_and_secrets_never_copied(
+    comfy_server: TestServer,
+) -> None:
+    comfy = comfy_of(comfy_server)
+    comfy.running = running(TAB_A)
+    comfy.running.extra_pnginfo = {"workflow": WORKFLOW, **SECRETS}
+    own = {"extra_pnginfo": {"workflow": {"own": True}}, "mine": 1}
+
+    await post_from_thread(
+        str(comfy_server.make_url("/prompt")), {"prompt": graph(1), "extra_data": own}
+    )
+
+    received = comfy.received[-1]
+    assert received["extra_data"] == own
+    assert received["client_id"] == TAB_A
+
+
+async def test_secrets_never_reach_status_or_log(
+    comfy_server: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    comfy_of(comfy_server).running = running(TAB_A)
+    body = {"prompt": graph(1), "extra_data": dict(SECRETS)}
+    with caplog.at_level(logging.DEBUG, logger="comfy_clientid_bridge"):
+        await post_from_thread(str(comfy_server.make_url("/prompt")), body)
+        status = await _client_get(comfy_server, "/clientid_bridge/status")
+    text = json.dumps(status) + caplog.text
+    assert all(secret not in text for secret in SECRETS.values())
+    assert TAB_A not in text  # client ids appear shortened only
+
+
+async def _client_get(server: TestServer, path: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(server.make_url(path)) as response:
+        assert response.status == 200
+        return await response.json()
+
+
+async def test_one_info_line_per_rewrite_with_prompt_id_and_reason(
+    comfy_server: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    comfy_of(comfy_server).running = running(TAB_A)
+    with caplog.at_level(logging.INFO, logger="comfy_clientid_bridge"):
+        await post_from_thread(str(comfy_server.make_url("/prompt")), {"prompt": graph(1)})
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert "p1" in line and "no client_id" in line and "running-0" in line and TAB_A[:8] in line
+
+
+async def test_status_route_reports_counts_and_recent_decisions(comfy_server: TestServer) -> None:
+    comfy_of(comfy_server).running = running(TAB_A)
+    await post_from_thread(str(comfy_server.make_url("/prompt")), {"prompt": graph(1)})
+    await post_from_thread(
+        str(comfy_server.make_url("/prompt")), {"prompt": graph(1), "client_id": TAB_B}
+    )
+    status = await _client_get(comfy_server, "/api/clientid_bridge/status")
+    assert status["enabled"] is True
+    assert status["counts"] == {
+        "submissions": 2,
+        "programmatic": 2,
+        "rewrite": 1,
+        "keep": 1,
+        "untouched": 0,
+    }
+    assert [d["action"] for d in status["recent"]] == ["rewrite", "keep"]
+    assert status["recent"][0]["thread"] == WORKER_THREAD

@@ -1,0 +1,85 @@
+"""Registration on PromptServer: once, guarded, switchable; never raises into ComfyUI."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from comfy_clientid_bridge import comfy_server
+from comfy_clientid_bridge.middleware import BRIDGE, MARKER
+
+
+def fake_server() -> Any:
+    handlers: list[Any] = []
+    return SimpleNamespace(
+        app=web.Application(),
+        routes=web.RouteTableDef(),
+        on_prompt_handlers=handlers,
+        add_on_prompt_handler=handlers.append,
+        sockets={"tab": object()},
+        prompt_queue=SimpleNamespace(currently_running={}),
+    )
+
+
+def ours(server: Any) -> list[Any]:
+    return [m for m in server.app.middlewares if getattr(m, MARKER, False)]
+
+
+def test_outside_comfyui_registers_nothing() -> None:
+    assert comfy_server.register() is False
+
+
+def test_installs_once_even_when_imported_twice() -> None:
+    server = fake_server()
+    assert comfy_server._install(server) is True
+    assert comfy_server._install(server) is True
+    assert len(ours(server)) == 1 and len(server.on_prompt_handlers) == 1
+    paths = [route.path for route in server.routes]
+    assert paths == [comfy_server.STATUS_PATH]
+    assert BRIDGE in server.app
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False", " no "])
+def test_environment_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(comfy_server.ENV_SWITCH, value)
+    server = fake_server()
+    assert comfy_server._install(server) is False
+    assert ours(server) == [] and server.on_prompt_handlers == []
+    assert [route.path for route in server.routes] == [comfy_server.STATUS_PATH]
+
+
+def test_frozen_app_is_left_alone() -> None:
+    server = fake_server()
+    server.app.freeze()
+    assert comfy_server._install(server) is False
+
+
+def test_executing_prompt_reads_the_running_queue_item() -> None:
+    server = fake_server()
+    extra = {"client_id": "tab", "extra_pnginfo": {"workflow": {}}, "api_key_comfy_org": "k"}
+    server.prompt_queue.currently_running[3] = (0, "pid", {"1": {}}, extra, [])
+    record = comfy_server.executing_prompt(server)
+    assert record is not None
+    assert (record.client_id, record.prompt_id, record.extra_pnginfo) == (
+        "tab",
+        "pid",
+        {"workflow": {}},
+    )
+    server.prompt_queue.currently_running.clear()
+    assert comfy_server.executing_prompt(server) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("Thread-1 (prompt_worker)", True), ("Thread-3", False), ("MainThread", False)],
+)
+def test_worker_thread_is_known_by_its_target(name: str, expected: bool) -> None:
+    assert comfy_server.is_worker_thread(name) is expected
+
+
+def test_is_connected_reads_the_sockets_map() -> None:
+    server = fake_server()
+    assert comfy_server.is_connected(server, "tab") and not comfy_server.is_connected(server, "x")

@@ -1,0 +1,95 @@
+"""A request is programmatic only when its TCP peer is a socket of this very process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from comfy_clientid_bridge.self_connections import SelfConnections, normalize
+
+
+@pytest.fixture
+def listener() -> socket.socket:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    yield server
+    server.close()
+
+
+def connect(
+    registry: SelfConnections, listener: socket.socket
+) -> tuple[socket.socket, socket.socket]:
+    registry.watch_port(listener.getsockname()[1])
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    return client, accepted
+
+
+def test_own_connection_is_found_with_its_thread(listener: socket.socket) -> None:
+    registry = SelfConnections()
+    client, accepted = connect(registry, listener)
+    found = registry.lookup(accepted.getpeername(), accepted.getsockname())
+    assert found is not None and found.thread_name == threading.current_thread().name
+    client.close(), accepted.close()
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [("192.0.2.7", 40000), ("127.0.0.1", 1), ("::1", 40000, 0, 0), None, "garbage"],
+    ids=["remote", "loopback-other-port", "ipv6-other", "none", "garbage"],
+)
+def test_foreign_peers_are_not_ours(listener: socket.socket, peer: object) -> None:
+    registry = SelfConnections()
+    client, accepted = connect(registry, listener)
+    assert registry.lookup(peer, accepted.getsockname()) is None
+    client.close(), accepted.close()
+
+
+def test_unwatched_port_is_not_tracked(listener: socket.socket) -> None:
+    registry = SelfConnections()
+    registry.watch_port(1)
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    assert registry.lookup(accepted.getpeername(), accepted.getsockname()) is None
+    client.close(), accepted.close()
+
+
+def test_closed_sockets_are_forgotten(listener: socket.socket) -> None:
+    registry = SelfConnections()
+    client, accepted = connect(registry, listener)
+    peer, here = accepted.getpeername(), accepted.getsockname()
+    client.close()
+    assert registry.lookup(peer, here) is None
+    assert not registry._tracked
+    accepted.close()
+
+
+def test_tracking_is_bounded(listener: socket.socket) -> None:
+    registry = SelfConnections(max_tracked=2)
+    pairs = [connect(registry, listener) for _ in range(3)]
+    assert len(registry._tracked) == 2
+    for client, accepted in pairs:
+        client.close(), accepted.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (("::ffff:127.0.0.1", 5, 0, 0), ("127.0.0.1", 5)),
+        (("::1", 5, 0, 0), ("::1", 5)),
+        (("127.0.0.1", 5), ("127.0.0.1", 5)),
+        ("/tmp/sock", None),
+        (("h",), None),
+    ],
+    ids=["v4-mapped", "v6", "v4", "unix", "short"],
+)
+def test_normalize(address: object, expected: object) -> None:
+    assert normalize(address) == expected
+
+
+def test_max_tracked_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_tracked"):
+        SelfConnections(max_tracked=0)
