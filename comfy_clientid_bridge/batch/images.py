@@ -1,0 +1,183 @@
+"""Load images the way ComfyUI's LoadImage does and encode results with workflow metadata."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps
+from PIL.PngImagePlugin import PngInfo
+
+logger = logging.getLogger(__name__)
+
+FloatImage = npt.NDArray[np.float32]
+
+FORMATS: dict[str, str] = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+EXIF_MAKE = 0x010F
+EXIF_MODEL = 0x0110
+# A JPEG APP1 segment holds at most 65535 bytes including its 2-byte length field.
+JPEG_MAX_EXIF_BYTES = 65533
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+# What Pillow raises for broken files varies by plugin; these are the ones seen in practice.
+_PILLOW_FAILURES = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+class UnreadableImage(ValueError):
+    """An input file that cannot be decoded as an image."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        # path and reason as args keep the exception picklable.
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot read image {self.path}: {self.reason}"
+
+
+def _check_size(image: Image.Image, max_pixels: int | None) -> None:
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise Image.DecompressionBombError(
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+        )
+
+
+def _upright(image: Image.Image, path: Path) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except _PILLOW_FAILURES as error:
+        # ComfyUI keeps such files too: broken EXIF should not cost the user the picture.
+        logger.warning("ignoring unreadable EXIF orientation of %s: %s", path, error)
+        return image
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or "transparency" in image.info
+
+
+def _sixteen_bit_rgb(image: Image.Image) -> FloatImage:
+    # Pillow's own conversion clips these modes to 8 bits; scale the full 16-bit range.
+    gray = np.asarray(image, dtype=np.float32) / np.float32(65535)
+    return np.repeat(np.clip(gray, 0, 1)[..., None], 3, axis=2)
+
+
+def _to_arrays(image: Image.Image) -> tuple[FloatImage, FloatImage]:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        rgb = _sixteen_bit_rgb(image)
+        return rgb, np.zeros(rgb.shape[:2], dtype=np.float32)
+    if not _has_alpha(image):
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / np.float32(255)
+        return rgb, np.zeros(rgb.shape[:2], dtype=np.float32)
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / np.float32(255)
+    # ComfyUI's LoadImage convention: the mask marks transparent pixels with 1.
+    return rgba[..., :3].copy(), np.float32(1) - rgba[..., 3]
+
+
+def _decode(path: Path, max_pixels: int | None) -> tuple[FloatImage, FloatImage]:
+    with warnings.catch_warnings():
+        # Over Pillow's limit it only warns (errors at twice the limit); both mean "refuse".
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            _check_size(image, max_pixels)
+            image.seek(0)  # animated files: the first frame
+            image.load()
+            return _to_arrays(_upright(image, path))
+
+
+def load_image(path: Path, max_pixels: int | None = None) -> tuple[FloatImage, FloatImage]:
+    """(RGB float32 HxWx3 in [0, 1], mask float32 HxW) with EXIF orientation applied.
+
+    The mask is 1 - alpha as in ComfyUI's LoadImage, zeros when the file has no alpha.
+    Any file Pillow cannot decode, or one over max_pixels, raises UnreadableImage.
+    """
+    try:
+        return _decode(path, max_pixels)
+    except _PILLOW_FAILURES as error:
+        raise UnreadableImage(path, str(error) or type(error).__name__) from error
+
+
+def _check_pixels(rgb_uint8: npt.NDArray[Any]) -> None:
+    if rgb_uint8.dtype != np.uint8 or rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3:
+        raise ValueError(
+            f"expected an HxWx3 uint8 array; got {rgb_uint8.dtype} of shape {rgb_uint8.shape}"
+        )
+
+
+def _check_settings(fmt: str, quality: int, compress_level: int) -> str:
+    pil_format = FORMATS.get(fmt.lower())
+    if pil_format is None:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100; got {quality}")
+    if not 0 <= compress_level <= 9:
+        raise ValueError(f"compress_level must be in 0..9; got {compress_level}")
+    return pil_format
+
+
+def _png_info(prompt: dict[str, Any] | None, workflow: dict[str, Any] | None) -> PngInfo:
+    # Same chunks as ComfyUI's SaveImage, so the file drags back into ComfyUI.
+    info = PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    if workflow is not None:
+        info.add_text("workflow", json.dumps(workflow))
+    return info
+
+
+def _exif(prompt: dict[str, Any] | None, workflow: dict[str, Any] | None) -> Image.Exif:
+    # "Name:json" in Make/Model: the ComfyUI frontend reads any "key:value" string of the
+    # WebP EXIF and accepts both "Prompt"/"prompt" and "Workflow"/"workflow" as keys.
+    exif = Image.Exif()
+    if prompt is not None:
+        exif[EXIF_MAKE] = "Prompt:" + json.dumps(prompt)
+    if workflow is not None:
+        exif[EXIF_MODEL] = "Workflow:" + json.dumps(workflow)
+    return exif
+
+
+def _jpeg_exif(exif: Image.Exif) -> bytes:
+    data = exif.tobytes()
+    if len(data) <= JPEG_MAX_EXIF_BYTES:
+        return data
+    logger.warning("metadata of %d bytes does not fit a JPEG; saving it without", len(data))
+    return Image.Exif().tobytes()
+
+
+def encode_image(
+    rgb_uint8: npt.NDArray[Any],
+    fmt: str,
+    quality: int,
+    compress_level: int,
+    prompt: dict[str, Any] | None,
+    workflow: dict[str, Any] | None,
+) -> bytes:
+    """The image encoded as PNG, JPEG or WebP with prompt and workflow embedded."""
+    _check_pixels(rgb_uint8)
+    pil_format = _check_settings(fmt, quality, compress_level)
+    image = Image.fromarray(rgb_uint8)
+    buffer = io.BytesIO()
+    if pil_format == "PNG":
+        info = _png_info(prompt, workflow)
+        image.save(buffer, "PNG", pnginfo=info, compress_level=compress_level)
+    elif pil_format == "JPEG":
+        exif = _jpeg_exif(_exif(prompt, workflow))
+        image.save(buffer, "JPEG", quality=quality, exif=exif)
+    else:
+        image.save(buffer, "WEBP", quality=quality, exif=_exif(prompt, workflow).tobytes())
+    return buffer.getvalue()

@@ -1,0 +1,181 @@
+"""Find, order and split the image files of a batch folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PATTERNS: tuple[str, ...] = (
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.webp",
+    "*.bmp",
+    "*.tif",
+    "*.tiff",
+    "*.gif",
+)
+ORDERS: tuple[str, ...] = ("natural", "name", "modified", "shuffle")
+
+_PATTERN_SEPARATORS = re.compile(r"[;,]")
+_DIGIT_RUNS = re.compile(r"(\d+)")
+_GLOB_TOKENS = re.compile(r"\*\*/|\*\*|\*|\?|\[!?\]?[^\]]*\]|[^*?\[]+|\[")
+
+NaturalKey = tuple[tuple[str | int, ...], str]
+_DirId = tuple[int, int]
+
+
+def parse_patterns(text: str) -> tuple[str, ...]:
+    """Globs separated by ';' or ','; nothing left after trimming means DEFAULT_PATTERNS."""
+    parts = (part.strip() for part in _PATTERN_SEPARATORS.split(text))
+    return tuple(part for part in parts if part) or DEFAULT_PATTERNS
+
+
+def _translate_class(body: str) -> str:
+    negated = body.startswith("!")
+    # Escape everything but ranges: '[', '&&', '~~', '||' would read as regex set syntax.
+    chars = body[1:] if negated else body
+    escaped = "".join(char if char == "-" else re.escape(char) for char in chars)
+    return "[" + ("^/" if negated else "") + escaped + "]"
+
+
+def _translate_token(token: str) -> str:
+    if token == "**/":
+        return "(?:[^/]*/)*"
+    if token == "**":
+        return ".*"
+    if token == "*":
+        return "[^/]*"
+    if token == "?":
+        return "[^/]"
+    if token.startswith("[") and token.endswith("]") and len(token) > 2:
+        return _translate_class(token[1:-1])
+    return re.escape(token)
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A case-insensitive regex for one glob; '*' stays inside a path segment, '**' does not."""
+    regex = "".join(_translate_token(token) for token in _GLOB_TOKENS.findall(pattern))
+    try:
+        return re.compile(regex, re.IGNORECASE | re.DOTALL)
+    except re.error as error:
+        raise ValueError(f"invalid file pattern {pattern!r}: {error}") from None
+
+
+def _matches(rel: str, compiled: Sequence[tuple[bool, re.Pattern[str]]], recursive: bool) -> bool:
+    name = rel.rpartition("/")[2]
+    for has_slash, regex in compiled:
+        if has_slash and regex.fullmatch(rel):
+            return True
+        if not has_slash and (recursive or "/" not in rel) and regex.fullmatch(name):
+            return True
+    return False
+
+
+def _dir_id(directory: Path) -> _DirId:
+    stat = directory.stat()
+    return (stat.st_dev, stat.st_ino)
+
+
+def _scan(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
+    except OSError as error:
+        logger.warning("skipping unreadable folder %s: %s", directory, error)
+        return []
+
+
+def _walk(folder: Path, descend: bool) -> Iterator[str]:
+    # Each directory carries the identities of its ancestors: a symlink pointing back up
+    # the tree is a loop and is skipped, while a symlink to a sibling is still followed.
+    stack: list[tuple[Path, str, frozenset[_DirId]]] = [(folder, "", frozenset())]
+    while stack:
+        directory, prefix, ancestors = stack.pop()
+        identity = _dir_id(directory)
+        if identity in ancestors:
+            logger.warning("skipping symlink loop at %s", directory)
+            continue
+        for entry in _scan(directory):
+            if entry.name.startswith("."):
+                continue
+            rel = prefix + entry.name
+            if entry.is_file():
+                yield rel
+            elif descend and entry.is_dir():
+                stack.append((Path(entry.path), rel + "/", ancestors | {identity}))
+
+
+def list_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[str]:
+    """Relative POSIX paths of the files under folder that match a pattern, natural order.
+
+    A pattern without '/' matches the file name (at any depth only when recursive); a
+    pattern with '/' is an explicit path request and matches the whole relative path.
+    """
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    compiled = [("/" in pattern, compile_pattern(pattern)) for pattern in patterns]
+    descend = recursive or any(has_slash for has_slash, _ in compiled)
+    found = (rel for rel in _walk(folder, descend) if _matches(rel, compiled, recursive))
+    return sorted(found, key=natural_key)
+
+
+def natural_key(name: str) -> NaturalKey:
+    """Sort key: 'img2' before 'img10', case-insensitive, ties broken by the exact name.
+
+    The tie-break and NFC normalisation make the order identical on every machine, which
+    sharding across machines depends on (macOS reports names decomposed, Linux as given).
+    """
+    folded = unicodedata.normalize("NFC", name).casefold()
+    parts = _DIGIT_RUNS.split(folded)
+    return (tuple(int(part) if index % 2 else part for index, part in enumerate(parts)), name)
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        # A file that vanished after listing sorts last; loading it reports the failure.
+        return 2**63
+
+
+def order_images(paths: Iterable[str], order: str, folder: Path, seed: int) -> list[str]:
+    """paths in the requested order; "shuffle" is the same for the same seed everywhere."""
+    natural = sorted(paths, key=natural_key)
+    if order == "natural":
+        return natural
+    if order == "name":
+        return sorted(natural)
+    if order == "modified":
+        return sorted(natural, key=lambda rel: _mtime_ns(folder / rel))
+    if order == "shuffle":
+        random.Random(seed).shuffle(natural)
+        return natural
+    raise ValueError(f"order must be one of {', '.join(ORDERS)}; got {order!r}")
+
+
+def _check_selection(start_index: int, limit: int, shard_index: int, shard_count: int) -> None:
+    if start_index < 0:
+        raise ValueError(f"start_index must be >= 0; got {start_index}")
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 (0 means no limit); got {limit}")
+    if shard_count < 1:
+        raise ValueError(f"shard_count must be >= 1; got {shard_count}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in 0..{shard_count - 1}; got {shard_index}")
+
+
+def select(
+    paths: Sequence[str], start_index: int, limit: int, shard_index: int, shard_count: int
+) -> list[str]:
+    """This shard's items (i % shard_count == shard_index), then start_index and limit."""
+    _check_selection(start_index, limit, shard_index, shard_count)
+    shard = list(paths[shard_index::shard_count])[start_index:]
+    return shard[:limit] if limit else shard

@@ -1,0 +1,48 @@
+"""Human-readable progress, ETA and summary lines for a running batch."""
+
+from __future__ import annotations
+
+import math
+import os
+
+SEPARATOR = " · "
+UNKNOWN_ETA = "--:--"
+
+
+def format_eta(seconds: float | None) -> str:
+    """'m:ss' below an hour, 'h:mm:ss' above, '--:--' when unknown or not a duration."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return UNKNOWN_ETA
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{minutes}:{secs:02d}"
+
+
+def _check_counts(done: int, total: int) -> None:
+    if total < 0 or not 0 <= done <= total:
+        raise ValueError(f"expected 0 <= done <= total; got done={done}, total={total}")
+
+
+def progress_text(done: int, total: int, current_name: str, elapsed: float) -> str:
+    """'12/240 (5%) · img_012.jpg · ETA 3:10', or '240/240 (100%) · done in 12:34'."""
+    _check_counts(done, total)
+    if done == total:
+        return f"{done}/{total} (100%){SEPARATOR}done in {format_eta(elapsed)}"
+    percent = done * 100 // total
+    eta = elapsed / done * (total - done) if done else None
+    parts = [f"{done}/{total} ({percent}%)", current_name, f"ETA {format_eta(eta)}"]
+    return SEPARATOR.join(part for part in parts if part)
+
+
+def summary_text(
+    processed: int, skipped: int, failed: int, elapsed: float, output_dir: str | os.PathLike[str]
+) -> str:
+    """One line for the end of a batch: counts, duration and where the results went."""
+    total = processed + skipped + failed
+    noun = "image" if total == 1 else "images"
+    counts = f"{processed} processed, {skipped} skipped, {failed} failed"
+    return SEPARATOR.join(
+        [f"{total} {noun} in {format_eta(elapsed)}", counts, f"output: {os.fspath(output_dir)}"]
+    )
