@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import random
 import re
 import unicodedata
@@ -28,7 +29,7 @@ _PATTERN_SEPARATORS = re.compile(r"[;,]")
 _DIGIT_RUNS = re.compile(r"(\d+)")
 _GLOB_TOKENS = re.compile(r"\*\*/|\*\*|\*|\?|\[!?\]?[^\]]*\]|[^*?\[]+|\[")
 
-NaturalKey = tuple[tuple[str | int, ...], str]
+NaturalKey = tuple[tuple[str | int, ...], tuple[str | int, ...], str]
 _DirId = tuple[int, int]
 
 
@@ -127,15 +128,20 @@ def list_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[
     return sorted(found, key=natural_key)
 
 
+def _natural_parts(text: str) -> tuple[str | int, ...]:
+    parts = _DIGIT_RUNS.split(text)
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts))
+
+
 def natural_key(name: str) -> NaturalKey:
     """Sort key: 'img2' before 'img10', case-insensitive, ties broken by the exact name.
 
-    The tie-break and NFC normalisation make the order identical on every machine, which
-    sharding across machines depends on (macOS reports names decomposed, Linux as given).
+    The extension is compared last, so 'v1.png' comes before 'v1.9.png'. NFC
+    normalisation and the exact-name tie-break make the order the same on every machine,
+    which sharding across machines relies on (macOS reports names decomposed).
     """
-    folded = unicodedata.normalize("NFC", name).casefold()
-    parts = _DIGIT_RUNS.split(folded)
-    return (tuple(int(part) if index % 2 else part for index, part in enumerate(parts)), name)
+    stem, extension = posixpath.splitext(unicodedata.normalize("NFC", name).casefold())
+    return (_natural_parts(stem), _natural_parts(extension), name)
 
 
 def _mtime_ns(path: Path) -> int:

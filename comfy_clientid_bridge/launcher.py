@@ -1,4 +1,4 @@
-"""Finds, starts and talks to a real ComfyUI for the integration tier."""
+"""Finds, starts and talks to a real ComfyUI: for the demo and the integration tier."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[2]
-REQUEUE_PACK = Path(__file__).resolve().parent / "requeue_pack"
+REPO = Path(__file__).resolve().parents[1]
+# What other packs do: re-queue the next iteration by POSTing /prompt from node code.
+NAIVE_PACK = REPO / "examples" / "naive_requeue_pack"
 BOOT_TIMEOUT = 120.0
 
 
@@ -53,10 +54,13 @@ class Comfy:
 
 
 @contextmanager
-def running_comfyui(root: Path, *, packs: list[Path], extra_args: list[str] = ()) -> Iterator[Comfy]:
+def running_comfyui(
+    root: Path, *, packs: list[Path], extra_args: tuple[str, ...] = ()
+) -> Iterator[Comfy]:
     """ComfyUI on a free loopback port with its own folders and the given custom node packs."""
     found = find_comfyui()
-    assert not isinstance(found, str), found
+    if isinstance(found, str):
+        raise RuntimeError(found)
     checkout, python = found
     nodes = root / "custom_nodes"
     for name in ("input", "output", "user", "custom_nodes"):
@@ -68,10 +72,24 @@ def running_comfyui(root: Path, *, packs: list[Path], extra_args: list[str] = ()
     port = free_port()
     log = root / "comfyui.log"
     command = [
-        str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-        "--disable-auto-launch", "--output-directory", str(root / "output"),
-        "--input-directory", str(root / "input"), "--user-directory", str(root / "user"),
-        "--extra-model-paths-config", str(config), "--database-url", f"sqlite:///{root / 'comfyui.db'}",
+        str(python),
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-auto-launch",
+        "--output-directory",
+        str(root / "output"),
+        "--input-directory",
+        str(root / "input"),
+        "--user-directory",
+        str(root / "user"),
+        "--extra-model-paths-config",
+        str(config),
+        "--database-url",
+        f"sqlite:///{root / 'comfyui.db'}",
         *extra_args,
     ]
     with log.open("wb") as sink:
@@ -105,16 +123,19 @@ class Tab:
     def __init__(self, session: aiohttp.ClientSession, url: str, client_id: str) -> None:
         self.session, self.url, self.client_id = session, url, client_id
         self.events: list[dict[str, Any]] = []
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ws: aiohttp.ClientWebSocketResponse[bool] | None = None
 
     async def open(self) -> Tab:
-        self._ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}")
-        first = await self._ws.receive_json(timeout=10)
-        assert first["type"] == "status"
+        ws = await self.session.ws_connect(f"{self.url}/ws?clientId={self.client_id}")
+        self._ws = ws
+        first = await ws.receive_json(timeout=10)
+        if first.get("type") != "status":
+            raise RuntimeError(f"unexpected first websocket message: {first!r}")
         return self
 
     async def listen(self) -> None:
-        assert self._ws is not None
+        if self._ws is None:
+            raise RuntimeError("open() the tab first")
         async for message in self._ws:
             if message.type == aiohttp.WSMsgType.TEXT:
                 self.events.append(json.loads(message.data))
@@ -138,5 +159,12 @@ class Tab:
 # Events core ComfyUI sends to the prompt's client only (execution.py, main.py). Core
 # broadcasts progress/progress_state of prompts that have no client_id to every tab.
 ROUTED = frozenset(
-    {"execution_start", "execution_cached", "executing", "executed", "execution_success", "execution_error"}
+    {
+        "execution_start",
+        "execution_cached",
+        "executing",
+        "executed",
+        "execution_success",
+        "execution_error",
+    }
 )

@@ -1,4 +1,7 @@
-"""Test-only node pack: re-queues the next iteration the naive way other packs do."""
+"""Example of what other packs do: re-queue the next iteration by POSTing /prompt from node code.
+
+Used by the demo and the integration tier, with and without the bridge installed.
+"""
 
 import json
 import threading
@@ -51,4 +54,4 @@ class NaiveRequeue:
         return {}
 
 
-NODE_CLASS_MAPPINGS = {"ClientIdBridgeTestNaiveRequeue": NaiveRequeue}
+NODE_CLASS_MAPPINGS = {"ClientIdBridgeExampleNaiveRequeue": NaiveRequeue}
