@@ -59,7 +59,9 @@ def lookup_costs() -> None:
     port = listener.getsockname()[1]
     outside = subprocess.Popen(
         [sys.executable, "-c", OUTSIDE, str(port), str(TABS)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert outside.stdout is not None and outside.stdout.readline().strip() == "ready"
     tabs = [listener.accept()[0] for _ in range(TABS)]
