@@ -7,11 +7,12 @@ from pathlib import Path
 from random import Random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from comfy_clientid_bridge.batch.listing import (
     DEFAULT_PATTERNS,
+    compile_pattern,
     list_images,
     natural_key,
     order_images,
@@ -70,6 +71,41 @@ def test_parse_patterns(text: str, expected: tuple[str, ...]) -> None:
 def test_default_patterns_cover_the_usual_extensions() -> None:
     extensions = {pattern.removeprefix("*.") for pattern in DEFAULT_PATTERNS}
     assert extensions == {"png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "rel", "matches"),
+    [
+        ("a+b (1).png", "A+B (1).PNG", True),
+        ("a+b (1).png", "aab (1).png", False),
+        ("*.png", "dir/x.png", False),
+        ("**/x.png", "x.png", True),
+        ("**/x.png", "a/b c/x.png", True),
+        ("a/**", "a/b/c.png", True),
+        ("img[!0-9].png", "imgA.png", True),
+        ("img[!0-9].png", "img7.png", False),
+        ("x?.png", "x/.png", False),
+        ("[&&]x", "&x", True),
+        ("[^]x", "^x", True),
+        ("[unclosed", "[unclosed", True),
+    ],
+    ids=[
+        "regex-metacharacters",
+        "dot-is-literal",
+        "star-stays-in-one-name",
+        "double-star-zero-folders",
+        "double-star-many-folders",
+        "trailing-double-star",
+        "negated-class",
+        "negated-class-miss",
+        "question-mark-not-slash",
+        "set-operators-literal",
+        "caret-literal",
+        "unclosed-bracket-literal",
+    ],
+)
+def test_compile_pattern(pattern: str, rel: str, matches: bool) -> None:
+    assert bool(compile_pattern(pattern).fullmatch(rel)) is matches
 
 
 @pytest.mark.parametrize(
@@ -145,7 +181,10 @@ def test_a_bad_pattern_is_named(tree: Path) -> None:
         (["x1", "x01", "x001"], ["x001", "x01", "x1"]),
         (["v1.10.png", "v1.9.png", "v1.png"], ["v1.png", "v1.9.png", "v1.10.png"]),
         (["-b", "a", " c"], [" c", "-b", "a"]),
-        (["photo (1).jpg", "photo.jpg", "img-2.png", "img.png"], ["img.png", "img-2.png", "photo.jpg", "photo (1).jpg"]),
+        (
+            ["photo (1).jpg", "photo.jpg", "img-2.png", "img.png"],
+            ["img.png", "img-2.png", "photo.jpg", "photo (1).jpg"],
+        ),
         (["s/img10.png", "s/img9.png", "r.png"], ["r.png", "s/img9.png", "s/img10.png"]),
     ],
     ids=[
@@ -169,6 +208,7 @@ def test_natural_key_ignores_unicode_normalisation() -> None:
     assert sorted([decomposed, composed], key=natural_key) == [composed, decomposed]
 
 
+@settings(database=None, deadline=None)
 @given(st.lists(st.text(), unique=True), st.randoms(use_true_random=False))
 def test_natural_order_does_not_depend_on_input_order(names: list[str], rng: Random) -> None:
     shuffled = list(names)
@@ -264,6 +304,7 @@ def test_select_rejects(
         select(LETTERS, start_index, limit, shard_index, shard_count)
 
 
+@settings(database=None, deadline=None)
 @given(st.lists(st.text(), max_size=60), st.integers(min_value=1, max_value=9))
 def test_shards_cover_the_list_exactly_once(items: list[str], shard_count: int) -> None:
     positions = list(range(len(items)))
@@ -275,6 +316,7 @@ def test_shards_cover_the_list_exactly_once(items: list[str], shard_count: int) 
     assert sorted(covered) == positions
 
 
+@settings(database=None, deadline=None)
 @given(
     st.integers(min_value=0, max_value=40),
     st.integers(min_value=1, max_value=5),

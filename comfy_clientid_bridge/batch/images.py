@@ -90,6 +90,8 @@ def _to_arrays(image: Image.Image) -> tuple[FloatImage, FloatImage]:
 
 
 def _decode(path: Path, max_pixels: int | None) -> tuple[FloatImage, FloatImage]:
+    # catch_warnings swaps process-wide filters (not thread-safe before Python 3.14), but it
+    # is the only way to turn Pillow's bomb warning into a refusal without changing its limit.
     with warnings.catch_warnings():
         # Over Pillow's limit it only warns (errors at twice the limit); both mean "refuse".
         warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -10,6 +10,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +29,12 @@ ORDERS: tuple[str, ...] = ("natural", "name", "modified", "shuffle")
 _PATTERN_SEPARATORS = re.compile(r"[;,]")
 _DIGIT_RUNS = re.compile(r"(\d+)")
 _GLOB_TOKENS = re.compile(r"\*\*/|\*\*|\*|\?|\[!?\]?[^\]]*\]|[^*?\[]+|\[")
+# '**/' spans any number of folders (none included); '*' and '?' stay inside one name.
+_WILDCARDS = {"**/": "(?:[^/]*/)*", "**": ".*", "*": "[^/]*", "?": "[^/]"}
 
 NaturalKey = tuple[tuple[str | int, ...], tuple[str | int, ...], str]
 _DirId = tuple[int, int]
+Item = TypeVar("Item")
 
 
 def parse_patterns(text: str) -> tuple[str, ...]:
@@ -48,14 +52,8 @@ def _translate_class(body: str) -> str:
 
 
 def _translate_token(token: str) -> str:
-    if token == "**/":
-        return "(?:[^/]*/)*"
-    if token == "**":
-        return ".*"
-    if token == "*":
-        return "[^/]*"
-    if token == "?":
-        return "[^/]"
+    if token in _WILDCARDS:
+        return _WILDCARDS[token]
     if token.startswith("[") and token.endswith("]") and len(token) > 2:
         return _translate_class(token[1:-1])
     return re.escape(token)
@@ -179,8 +177,8 @@ def _check_selection(start_index: int, limit: int, shard_index: int, shard_count
 
 
 def select(
-    paths: Sequence[str], start_index: int, limit: int, shard_index: int, shard_count: int
-) -> list[str]:
+    paths: Sequence[Item], start_index: int, limit: int, shard_index: int, shard_count: int
+) -> list[Item]:
     """This shard's items (i % shard_count == shard_index), then start_index and limit."""
     _check_selection(start_index, limit, shard_index, shard_count)
     shard = list(paths[shard_index::shard_count])[start_index:]

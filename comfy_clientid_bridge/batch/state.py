@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 FINISHED_STATUSES = frozenset({"saved", "skipped"})
 STATE_VERSION = 1
-_BATCH_ID = re.compile(r"^[0-9a-f]{1,64}$")
+_BATCH_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
 def _dumps(value: object) -> str:
@@ -103,7 +103,7 @@ class StateStore:
         self.root = root
 
     def path_for(self, batch_id: str) -> Path:
-        if not _BATCH_ID.match(batch_id):
+        if not _BATCH_ID.fullmatch(batch_id):
             raise ValueError(f"batch id must be 1-64 lowercase hex digits; got {batch_id!r}")
         return self.root / f"{batch_id}.json"
 
