@@ -1,10 +1,14 @@
 """ComfyUI entry point; kept tiny so that tools can import the repository without ComfyUI."""
 
-from .comfy_clientid_bridge.comfy_server import register
+try:
+    import server  # noqa: F401 - only ComfyUI has it; torch and the nodes come with it
+except ImportError:  # imported by a tool outside ComfyUI (pytest collection): nothing to do
+    NODE_CLASS_MAPPINGS: dict[str, type] = {}
+    NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+else:
+    from .comfy_clientid_bridge.batch.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .comfy_clientid_bridge.comfy_server import register
 
-register()
-
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+    register()
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -6,10 +6,24 @@ v0.3.64 (Comfy-Org/ComfyUI, October 2025) and exercised by tests/integration.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
 from typing import Any
 
+from .batch.control import (
+    CONTROL,
+    BatchControl,
+    batch_interrupt_middleware,
+    batch_status,
+    stop_batch,
+)
+from .batch.engine import BatchEngine
+from .batch.state import StateStore
 from .bridge import Bridge
 from .lineage import PromptRecord
 from .middleware import BRIDGE, MARKER, clientid_bridge_middleware, status
@@ -20,6 +34,7 @@ logger = logging.getLogger(__name__)
 ENV_SWITCH = "COMFY_CLIENTID_BRIDGE"
 OFF_VALUES = frozenset({"0", "off", "false", "no", "disabled"})
 STATUS_PATH = "/clientid_bridge/status"
+BATCH_PATH = "/clientid_bridge/batch/{batch_id}"
 
 
 def enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -92,6 +107,20 @@ def register() -> bool:
         return False
 
 
+def _install_batch(server: Any) -> None:
+    """The batch nodes' stop route and cancel handling; on even when the bridge is off."""
+    control = BatchControl(
+        engine=batch_engine(),
+        executing_prompt_id=executing_prompt_id,
+        drop_queued=lambda prompt_id: drop_queued(server, prompt_id),
+        interrupt=interrupt,
+    )
+    server.app[CONTROL] = control
+    server.routes.get(BATCH_PATH)(batch_status)
+    server.routes.post(BATCH_PATH + "/stop")(stop_batch)
+    server.app.middlewares.append(batch_interrupt_middleware(control=control))
+
+
 def _install(server: Any) -> bool:
     app = server.app
     if any(getattr(route, "path", None) == STATUS_PATH for route in server.routes):
@@ -100,6 +129,7 @@ def _install(server: Any) -> bool:
         logger.warning("clientid_bridge: the web app is frozen already; not registered")
         return False
     server.routes.get(STATUS_PATH)(status)
+    _install_batch(server)
     if not enabled():
         logger.info("clientid_bridge: off (%s); ComfyUI routes events as usual", ENV_SWITCH)
         return False
@@ -116,3 +146,105 @@ def _install(server: Any) -> bool:
     server.add_on_prompt_handler(bridge.on_prompt)
     logger.info("clientid_bridge: re-queued prompts now reach the tab that started them")
     return True
+
+
+# --- the batch nodes' view of ComfyUI ---------------------------------------------------
+
+_engine: BatchEngine | None = None
+
+
+def _server() -> Any:
+    from server import PromptServer
+
+    return PromptServer.instance
+
+
+def batch_engine() -> BatchEngine:
+    """One engine per ComfyUI process: state under the user directory, reports in output."""
+    global _engine
+    if _engine is None:
+        import folder_paths
+
+        store = StateStore(Path(folder_paths.get_user_directory()) / "clientid_bridge" / "batches")
+        report_dir = Path(folder_paths.get_output_directory())
+        _engine = BatchEngine(store, report_dir, lambda pid: is_prompt_alive(_server(), pid))
+    return _engine
+
+
+def executing_prompt_id() -> str | None:
+    record = executing_prompt(_server())
+    return None if record is None else record.prompt_id
+
+
+def current_client_id() -> str | None:
+    """Internals (v0.3.64 execution.PromptExecutor.execute): the executor sets
+    `server.client_id` to the running prompt's extra_data client_id."""
+    client_id = getattr(_server(), "client_id", None)
+    return client_id if isinstance(client_id, str) else None
+
+
+def is_prompt_alive(server: Any, prompt_id: str) -> bool:
+    """Internals (v0.3.64 PromptQueue): queue items are (number, prompt_id, ...)."""
+    running, queued = server.prompt_queue.get_current_queue_volatile()
+    return any(item[1] == prompt_id for item in [*running, *queued])
+
+
+def drop_queued(server: Any, prompt_id: str) -> bool:
+    """Internals (v0.3.64 PromptQueue.delete_queue_item, as POST /queue {"delete"} uses)."""
+    return bool(server.prompt_queue.delete_queue_item(lambda item: item[1] == prompt_id))
+
+
+def interrupt() -> None:
+    """ComfyUI's own cancel of the running prompt (nodes.interrupt_processing)."""
+    import nodes
+
+    nodes.interrupt_processing()
+
+
+def prompt_url(server: Any) -> str:
+    """Our own /prompt over loopback; node code is a client like any other."""
+    address = getattr(server, "address", "127.0.0.1") or "127.0.0.1"
+    host = address.split(",")[0]
+    if host in ("0.0.0.0", ""):  # a listen address: reach it over loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if getattr(server, "ssl", None) else "http"
+    return f"{scheme}://{host}:{server.port}/prompt"
+
+
+def queue_prompt(body: dict[str, Any]) -> str:
+    """POST /prompt from node code: validation and every on-prompt handler run as usual."""
+    request = urllib.request.Request(
+        prompt_url(_server()),
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    context = ssl._create_unverified_context() if request.full_url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:
+            return str(json.loads(response.read())["prompt_id"])
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"ComfyUI refused the next prompt: {error.read()[:500]!r}") from error
+
+
+def resolve_input_folder(folder: str) -> Path:
+    """Absolute, or relative to ComfyUI's input directory."""
+    import folder_paths
+
+    path = Path(folder.strip()).expanduser()
+    return path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+
+
+def output_base(output_folder: str) -> tuple[Path, bool]:
+    """Where the saver writes, and whether that is ComfyUI's output folder (so /view shows it)."""
+    import folder_paths
+
+    if output_folder.strip():
+        path = Path(output_folder.strip()).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"output_folder must be absolute (or empty); got {output_folder!r}")
+        return path, False
+    return Path(folder_paths.get_output_directory()), True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -9,7 +10,24 @@ import pytest
 from aiohttp import web
 
 from comfy_clientid_bridge import comfy_server
+from comfy_clientid_bridge.batch.control import CONTROL
+from comfy_clientid_bridge.batch.engine import BatchEngine
+from comfy_clientid_bridge.batch.state import StateStore
 from comfy_clientid_bridge.middleware import BRIDGE, MARKER
+
+ROUTES = [
+    comfy_server.STATUS_PATH,
+    comfy_server.BATCH_PATH,
+    comfy_server.BATCH_PATH + "/stop",
+]
+
+
+@pytest.fixture(autouse=True)
+def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BatchEngine:
+    """The batch engine without ComfyUI's folder_paths: state and reports in tmp_path."""
+    made = BatchEngine(StateStore(tmp_path / "state"), tmp_path / "out", lambda _: False)
+    monkeypatch.setattr(comfy_server, "_engine", made)
+    return made
 
 
 def fake_server() -> Any:
@@ -37,9 +55,8 @@ def test_installs_once_even_when_imported_twice() -> None:
     assert comfy_server._install(server) is True
     assert comfy_server._install(server) is True
     assert len(ours(server)) == 1 and len(server.on_prompt_handlers) == 1
-    paths = [route.path for route in server.routes]
-    assert paths == [comfy_server.STATUS_PATH]
-    assert BRIDGE in server.app
+    assert [route.path for route in server.routes] == ROUTES
+    assert BRIDGE in server.app and CONTROL in server.app
 
 
 @pytest.mark.parametrize("value", ["0", "off", "False", " no "])
@@ -48,7 +65,8 @@ def test_environment_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch, value:
     server = fake_server()
     assert comfy_server._install(server) is False
     assert ours(server) == [] and server.on_prompt_handlers == []
-    assert [route.path for route in server.routes] == [comfy_server.STATUS_PATH]
+    assert [route.path for route in server.routes] == ROUTES  # the batch stop stays
+    assert BRIDGE not in server.app and CONTROL in server.app
 
 
 def test_frozen_app_is_left_alone() -> None:

@@ -25,13 +25,20 @@ def _check_counts(done: int, total: int) -> None:
         raise ValueError(f"expected 0 <= done <= total; got done={done}, total={total}")
 
 
-def progress_text(done: int, total: int, current_name: str, elapsed: float) -> str:
-    """'12/240 (5%) · img_012.jpg · ETA 3:10', or '240/240 (100%) · done in 12:34'."""
+def progress_text(
+    done: int, total: int, current_name: str, elapsed: float, *, done_before: int = 0
+) -> str:
+    """'12/240 (5%) · img_012.jpg · ETA 3:10', or '240/240 (100%) · done in 12:34'.
+
+    `elapsed` counts from this run's start; `done_before` images were finished before it
+    (a resumed batch), so they say nothing about the pace.
+    """
     _check_counts(done, total)
     if done == total:
         return f"{done}/{total} (100%){SEPARATOR}done in {format_eta(elapsed)}"
     percent = done * 100 // total
-    eta = elapsed / done * (total - done) if done else None
+    done_now = done - done_before
+    eta = elapsed / done_now * (total - done) if done_now > 0 else None
     parts = [f"{done}/{total} ({percent}%)", current_name, f"ETA {format_eta(eta)}"]
     return SEPARATOR.join(part for part in parts if part)
 

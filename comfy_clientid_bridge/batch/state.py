@@ -17,7 +17,8 @@ from .naming import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-FINISHED_STATUSES = frozenset({"saved", "skipped"})
+# "unreadable" is final too: the same bytes would fail again. "failed" (a save error) is retried.
+FINISHED_STATUSES = frozenset({"saved", "skipped", "unreadable"})
 STATE_VERSION = 1
 _BATCH_ID = re.compile(r"[0-9a-f]{1,64}")
 

@@ -1,0 +1,96 @@
+"""Stopping batches over HTTP: the stop route, and ComfyUI's own cancel (POST /interrupt)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .engine import BatchEngine
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INTERRUPT_PATHS = ("/interrupt", "/api/interrupt")
+
+
+@dataclass
+class BatchControl:
+    """Stops batches; the callables reach into ComfyUI's queue (see comfy_server)."""
+
+    engine: BatchEngine
+    executing_prompt_id: Callable[[], str | None]
+    drop_queued: Callable[[str], bool]
+    interrupt: Callable[[], None]
+
+    def stop(self, batch: str, *, interrupt_running: bool = True) -> dict[str, Any] | None:
+        """Stops `batch` at once: its queued next prompt is dropped, its running one cut."""
+        if self.engine.status(batch) is None:
+            return None
+        pending = self.engine.stop(batch)
+        if pending is not None:
+            self.drop_queued(pending)
+        running = self.engine.running_prompt_id(batch)
+        if interrupt_running and running is not None and running == self.executing_prompt_id():
+            self.interrupt()
+        return self.engine.status(batch)
+
+    def on_interrupt(self, prompt_id: str | None) -> None:
+        """ComfyUI's cancel interrupts the running prompt; its batch must not go on."""
+        target = prompt_id or self.executing_prompt_id()
+        for batch in self.engine.batches_of_prompt(target):
+            self.stop(batch, interrupt_running=False)
+
+
+CONTROL = web.AppKey("comfy_clientid_bridge.batch_control", BatchControl)
+
+
+async def stop_batch(request: web.Request) -> web.Response:
+    """POST /clientid_bridge/batch/{batch_id}/stop"""
+    status = request.app[CONTROL].stop(request.match_info["batch_id"])
+    if status is None:
+        return web.json_response({"error": "no such batch running here"}, status=404)
+    return web.json_response(status)
+
+
+async def batch_status(request: web.Request) -> web.Response:
+    """GET /clientid_bridge/batch/{batch_id}"""
+    status = request.app[CONTROL].engine.status(request.match_info["batch_id"])
+    if status is None:
+        return web.json_response({"error": "no such batch running here"}, status=404)
+    return web.json_response(status)
+
+
+def batch_interrupt_middleware(
+    *, control: BatchControl, interrupt_paths: Iterable[str] = DEFAULT_INTERRUPT_PATHS
+) -> Middleware:
+    """After ComfyUI handles POST /interrupt, stops the batch of the prompt it interrupted."""
+    paths = frozenset(interrupt_paths)
+    if not paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+        raise ValueError(f"interrupt_paths must be absolute paths, got {paths!r}")
+
+    @web.middleware
+    async def batch_interrupt(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or request.path not in paths:
+            return await handler(request)
+        target = await _target_prompt_id(request) or control.executing_prompt_id()
+        response = await handler(request)
+        if response.status == 200:
+            control.on_interrupt(target)
+        return response
+
+    return batch_interrupt
+
+
+async def _target_prompt_id(request: web.Request) -> str | None:
+    """The optional {"prompt_id": ...} of a targeted interrupt (aiohttp caches the body)."""
+    try:
+        body = json.loads(await request.read())
+    except ValueError:  # no body or not JSON: ComfyUI interrupts whatever runs
+        return None
+    prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+    return prompt_id if isinstance(prompt_id, str) else None

@@ -1,0 +1,333 @@
+"""The batch nodes: thin ComfyUI classes over the torch-free helpers of this package."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import comfy_server
+from .engine import CURSOR_INPUT, Halt, Item, Source, source_batch_id, workflow_key
+from .images import UnreadableImage, encode_image, load_image
+from .listing import ORDERS, parse_patterns
+from .naming import POLICIES, atomic_write_bytes, choose_target, output_relpath, resolve_inside
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "clientid_bridge/batch"
+PREFIX = "ClientIdBridge_"
+FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+BATCH_ID = ("STRING", {"forceInput": True})
+INDEX = ("INT", {"forceInput": True})
+
+
+def _blocked(halt: Halt, outputs: int) -> dict[str, Any]:
+    """No image this time: downstream nodes are skipped quietly, the node says why."""
+    from comfy_execution.graph_utils import ExecutionBlocker
+
+    logger.info("batch %s: %s", halt.batch_id, halt.message)
+    return {
+        "ui": {"text": [halt.message]},
+        "result": tuple(ExecutionBlocker(None) for _ in range(outputs)),
+    }
+
+
+class BatchImageLoader:
+    """One image of a folder per prompt; Batch Next queues the next one."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "MASK", "STRING", "STRING", "INT", "INT", "STRING")
+    RETURN_NAMES = ("image", "mask", "stem", "subfolder", "index", "total", "batch_id")
+    FUNCTION = "load"
+    DESCRIPTION = "Loads one image of a folder per prompt; resumes where a batch stopped."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "folder": (
+                    "STRING",
+                    {"default": "", "tooltip": "absolute, or inside ComfyUI's input folder"},
+                ),
+                "pattern": (
+                    "STRING",
+                    {"default": "", "tooltip": "globs split by ; or , (** allowed); empty: images"},
+                ),
+                "recursive": ("BOOLEAN", {"default": False}),
+                "order": (list(ORDERS), {"default": "natural"}),
+                "seed": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "for shuffle"},
+                ),
+                "start_index": ("INT", {"default": 0, "min": 0, "max": 10**9}),
+                "limit": ("INT", {"default": 0, "min": 0, "max": 10**9, "tooltip": "0: all"}),
+                "shard_index": ("INT", {"default": 0, "min": 0, "max": 1023}),
+                "shard_count": ("INT", {"default": 1, "min": 1, "max": 1024}),
+                "on_error": (
+                    ["skip", "stop"],
+                    {"default": "skip", "tooltip": "for unreadable files"},
+                ),
+                CURSOR_INPUT: (
+                    "INT",
+                    {
+                        "default": -1,
+                        "min": -1,
+                        "max": 10**9,
+                        "tooltip": "set by Batch Next; leave at -1",
+                    },
+                ),
+            },
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, cursor: int = -1, **inputs: Any) -> Any:
+        """Never a cached image: a person's run always runs, a loop step keys on its file."""
+        if cursor < 0 or "prompt" not in inputs or "unique_id" not in inputs:
+            return math.nan  # NaN != NaN: always changed
+        source = _source(**inputs)
+        batch = source_batch_id(source, workflow_key(inputs["prompt"], inputs["unique_id"]))
+        try:
+            path = source.folder / comfy_server.batch_engine().source_of(batch, cursor)
+            stat = path.stat()
+        except (KeyError, IndexError, OSError):
+            return math.nan
+        return f"{batch}:{cursor}:{path}:{stat.st_mtime_ns}:{stat.st_size}"
+
+    def load(
+        self, cursor: int, prompt: dict[str, Any], unique_id: str, on_error: str, **inputs: Any
+    ) -> dict[str, Any]:
+        engine = comfy_server.batch_engine()
+        source = _source(**inputs)
+        batch = source_batch_id(source, workflow_key(prompt, unique_id))
+        prompt_id = comfy_server.executing_prompt_id()
+        claimed = engine.begin(batch, source, cursor, prompt_id, unique_id)
+        while isinstance(claimed, Item):
+            try:
+                rgb, mask = load_image(claimed.path)
+                break
+            except UnreadableImage as error:
+                engine.record(batch, claimed.index, "unreadable", None, str(error))
+                if on_error == "stop":
+                    engine.stop(batch)
+                    raise RuntimeError(f"Batch Image Loader: {error}") from error
+                logger.warning("batch %s: skipping %s", batch, error)
+                following = engine.next_index(batch, claimed.index)
+                claimed = (
+                    engine.claim(batch, following, prompt_id)
+                    if following is not None
+                    else Halt(batch, f"done: {engine.finish(batch)}")
+                )
+        if isinstance(claimed, Halt):
+            return _blocked(claimed, len(self.RETURN_TYPES))
+        _show_progress(unique_id, engine.status(batch) or {}, claimed)
+        rel = Path(claimed.source)
+        image = torch.from_numpy(rgb)[None]
+        alpha = torch.from_numpy(mask)[None]
+        text = engine.progress(batch, rel.name)
+        subfolder = rel.parent.as_posix() if rel.parent != Path(".") else ""
+        result = (image, alpha, rel.stem, subfolder, claimed.index, claimed.total, batch)
+        return {"ui": {"text": [text]}, "result": result}
+
+
+def _source(
+    folder: str,
+    pattern: str,
+    recursive: bool,
+    order: str,
+    seed: int,
+    start_index: int,
+    limit: int,
+    shard_index: int,
+    shard_count: int,
+    **_: Any,
+) -> Source:
+    return Source(
+        folder=comfy_server.resolve_input_folder(folder),
+        patterns=parse_patterns(pattern),
+        recursive=recursive,
+        order=order,
+        seed=seed,
+        start_index=start_index,
+        limit=limit,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
+
+
+def _show_progress(node_id: str, status: dict[str, Any], item: Item) -> None:
+    """ComfyUI's own progress bar on the loader: images done of the batch."""
+    import comfy.utils
+
+    done = int(status.get("done", item.index))
+    comfy.utils.ProgressBar(item.total, node_id=node_id).update_absolute(
+        min(done + 1, item.total), item.total
+    )
+
+
+class BatchImageSaver:
+    """Saves each image under its source's name, atomically; records it in the batch report."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("saved",)
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    DESCRIPTION = "Saves under the source file's name (+prefix/suffix), with the workflow embedded."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "batch_id": BATCH_ID,
+                "index": INDEX,
+                "format": (list(FORMATS), {"default": "png"}),
+                "quality": (
+                    "INT",
+                    {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG and WebP"},
+                ),
+                "compress_level": ("INT", {"default": 4, "min": 0, "max": 9, "tooltip": "PNG"}),
+                "prefix": ("STRING", {"default": ""}),
+                "suffix": ("STRING", {"default": ""}),
+                "subfolder": (
+                    "STRING",
+                    {"default": "batch", "tooltip": "inside ComfyUI's output folder"},
+                ),
+                "existing": (list(POLICIES), {"default": "skip"}),
+                "output_folder": (
+                    "STRING",
+                    {"default": "", "tooltip": "absolute folder; empty: ComfyUI's output"},
+                ),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save(
+        self,
+        images: torch.Tensor,
+        batch_id: str,
+        index: int,
+        format: str,
+        quality: int,
+        compress_level: int,
+        prefix: str,
+        suffix: str,
+        subfolder: str,
+        existing: str,
+        output_folder: str,
+        prompt: dict[str, Any] | None = None,
+        extra_pnginfo: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        engine = comfy_server.batch_engine()
+        base, in_output = comfy_server.output_base(output_folder)
+        workflow = (extra_pnginfo or {}).get("workflow")
+        pixels = np.clip(images.cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
+        source = engine.source_of(batch_id, index)
+        shown, saved = [], []
+        for number, frame in enumerate(pixels):
+            tail = f"_{number}" if len(pixels) > 1 else ""
+            rel = output_relpath(source, prefix, suffix + tail, FORMATS[format], subfolder)
+            target = choose_target(resolve_inside(base, rel), existing)
+            if target is None:
+                engine.record(batch_id, index, "skipped", rel.as_posix(), "output exists")
+                continue
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(
+                    target, encode_image(frame, format, quality, compress_level, prompt, workflow)
+                )
+            except OSError as error:
+                engine.record(batch_id, index, "failed", None, f"{target}: {error}")
+                engine.stop(batch_id)
+                raise RuntimeError(
+                    f"Batch Image Saver could not write {target}: {error}"
+                ) from error
+            written = target.relative_to(base).as_posix()
+            engine.record(batch_id, index, "saved", written)
+            saved.append(str(target))
+            if in_output:
+                parent = Path(written).parent.as_posix()
+                shown.append(
+                    {
+                        "filename": target.name,
+                        "subfolder": "" if parent == "." else parent,
+                        "type": "output",
+                    }
+                )
+        return {"ui": {"images": shown}, "result": (";".join(saved),)}
+
+
+class BatchProgress:
+    """'12/240 (5%) · img_012.jpg · ETA 3:10' for the running batch."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("text",)
+    FUNCTION = "format"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"batch_id": BATCH_ID, "index": INDEX}}
+
+    def format(self, batch_id: str, index: int) -> dict[str, Any]:
+        engine = comfy_server.batch_engine()
+        text = engine.progress(batch_id, Path(engine.source_of(batch_id, index)).name)
+        return {"ui": {"text": [text]}, "result": (text,)}
+
+
+class BatchNext:
+    """After the image is saved, queues the next one: same graph, loader advanced."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    FUNCTION = "advance"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {"batch_id": BATCH_ID, "saved": ("STRING", {"forceInput": True})},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def advance(
+        self,
+        batch_id: str,
+        saved: str,
+        prompt: dict[str, Any],
+        extra_pnginfo: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        engine = comfy_server.batch_engine()
+        if engine.is_stopped(batch_id):
+            return {"ui": {"text": [f"stopped at {engine.progress(batch_id)}"]}}
+        following = engine.next_index(batch_id, engine.current(batch_id))
+        if following is None:
+            return {"ui": {"text": [f"done: {engine.finish(batch_id)}"]}}
+        graph = copy.deepcopy(prompt)
+        graph[engine.loader_of(batch_id)]["inputs"][CURSOR_INPUT] = following
+        body: dict[str, Any] = {"prompt": graph, "client_id": comfy_server.current_client_id()}
+        if extra_pnginfo:
+            body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
+        engine.queued(batch_id, comfy_server.queue_prompt(body))
+        return {"ui": {"text": [engine.progress(batch_id)]}}
+
+
+NODE_CLASS_MAPPINGS = {
+    PREFIX + "BatchImageLoader": BatchImageLoader,
+    PREFIX + "BatchImageSaver": BatchImageSaver,
+    PREFIX + "BatchProgress": BatchProgress,
+    PREFIX + "BatchNext": BatchNext,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    PREFIX + "BatchImageLoader": "Batch Image Loader",
+    PREFIX + "BatchImageSaver": "Batch Image Saver",
+    PREFIX + "BatchProgress": "Batch Progress",
+    PREFIX + "BatchNext": "Batch Next",
+}
