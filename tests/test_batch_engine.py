@@ -1,0 +1,224 @@
+"""The batch loop's bookkeeping: resume, duplicates, stop, one listing per batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from comfy_clientid_bridge.batch.control import BatchControl
+from comfy_clientid_bridge.batch.engine import (
+    BatchEngine,
+    Halt,
+    Item,
+    Source,
+    source_batch_id,
+    workflow_key,
+)
+from comfy_clientid_bridge.batch.listing import DEFAULT_PATTERNS
+from comfy_clientid_bridge.batch.state import StateStore, read_report
+
+LOADER = "7"
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("img1.png", "img2.png", "img10.png", "img3.png"):
+        (photos / name).write_bytes(b"x")
+    return photos
+
+
+@pytest.fixture
+def alive() -> set[str]:
+    """Prompt ids ComfyUI still has queued or running."""
+    return set()
+
+
+@pytest.fixture
+def engine(tmp_path: Path, alive: set[str]) -> BatchEngine:
+    return BatchEngine(StateStore(tmp_path / "state"), tmp_path / "out", alive.__contains__)
+
+
+def source(folder: Path, **changes: object) -> Source:
+    settings: dict[str, object] = {
+        "folder": folder,
+        "patterns": DEFAULT_PATTERNS,
+        "recursive": False,
+        "order": "natural",
+        "seed": 0,
+    }
+    return Source(**{**settings, **changes})  # type: ignore[arg-type]
+
+
+def run_to_end(engine: BatchEngine, batch: str, src: Source, cursor: int = -1) -> list[str]:
+    """What the nodes do: claim, save, queue next; returns the sources processed."""
+    processed = []
+    claimed = engine.begin(batch, src, cursor, "p0", LOADER)
+    while isinstance(claimed, Item):
+        engine.record(batch, claimed.index, "saved", f"out/{claimed.source}")
+        processed.append(claimed.source)
+        following = engine.next_index(batch, claimed.index)
+        if following is None:
+            engine.finish(batch)
+            break
+        claimed = engine.begin(batch, src, following, f"p{following}", LOADER)
+    return processed
+
+
+def test_runs_in_natural_order_once(engine: BatchEngine, folder: Path) -> None:
+    assert run_to_end(engine, "b1", source(folder)) == [
+        "img1.png",
+        "img2.png",
+        "img3.png",
+        "img10.png",
+    ]
+    assert len(read_report(engine.report_path("b1"))) == 4
+
+
+def test_a_finished_batch_does_not_start_again(engine: BatchEngine, folder: Path) -> None:
+    """Auto Queue re-submits the workflow when the queue empties: no endless loop."""
+    run_to_end(engine, "b1", source(folder))
+    again = engine.begin("b1", source(folder), -1, "p9", LOADER)
+    assert isinstance(again, Halt) and "already complete" in again.message
+
+
+def test_resume_after_restart_starts_at_first_unsaved(tmp_path: Path, folder: Path) -> None:
+    first = BatchEngine(StateStore(tmp_path / "state"), tmp_path / "out", lambda _: False)
+    claimed = first.begin("b1", source(folder), -1, "p0", LOADER)
+    assert isinstance(claimed, Item)
+    first.record("b1", 0, "saved", "o")
+    first.record("b1", 1, "failed", None, "disk full")
+    (folder / "img99.png").write_bytes(b"x")  # the list is kept with the batch, not re-read
+
+    restarted = BatchEngine(StateStore(tmp_path / "state"), tmp_path / "out", lambda _: False)
+    assert run_to_end(restarted, "b1", source(folder)) == ["img2.png", "img3.png", "img10.png"]
+
+
+def test_a_loop_step_for_a_processed_image_is_a_skipped_duplicate(
+    engine: BatchEngine, folder: Path
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "saved", "o")
+    duplicate = engine.begin("b1", source(folder), 0, "px", LOADER)
+    assert isinstance(duplicate, Halt) and "duplicate" in duplicate.message
+
+
+def test_a_second_start_while_the_loop_is_queued_is_refused(
+    engine: BatchEngine, folder: Path, alive: set[str]
+) -> None:
+    """Two tabs, or Auto Queue, start the same batch: one loop only."""
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "saved", "o")
+    engine.queued("b1", "p1")
+    alive.add("p1")
+    second = engine.begin("b1", source(folder), -1, "p2", LOADER)
+    assert isinstance(second, Halt) and "already running" in second.message
+    alive.clear()  # the queue was cleared: starting again resumes
+    resumed = engine.begin("b1", source(folder), -1, "p3", LOADER)
+    assert isinstance(resumed, Item) and resumed.index == 1
+
+
+def test_stop_halts_the_next_step_and_returns_the_queued_prompt(
+    engine: BatchEngine, folder: Path
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "saved", "o")
+    engine.queued("b1", "p1")
+    assert engine.stop("b1") == "p1"
+    halted = engine.begin("b1", source(folder), 1, "p1", LOADER)
+    assert isinstance(halted, Halt) and "stopped" in halted.message
+    assert engine.begin("b1", source(folder), -1, "p5", LOADER) == Item(
+        "b1", 1, 4, "img2.png", folder / "img2.png"
+    )
+
+
+def test_a_loop_step_after_restart_is_refused(engine: BatchEngine) -> None:
+    halted = engine.begin("unknown", source(Path("/nowhere")), 3, "p", LOADER)
+    assert isinstance(halted, Halt) and "restarted" in halted.message
+
+
+def test_unreadable_is_final_but_failed_is_retried(
+    tmp_path: Path, engine: BatchEngine, folder: Path
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "unreadable", None, "truncated")
+    engine.record("b1", 1, "failed", None, "disk full")
+    restarted = BatchEngine(StateStore(tmp_path / "state"), tmp_path / "out", lambda _: False)
+    claimed = restarted.begin("b1", source(folder), -1, "p1", LOADER)
+    assert isinstance(claimed, Item) and claimed.index == 1
+
+
+def test_listing_is_done_once_per_batch(
+    engine: BatchEngine, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Path] = []
+    original = Source.list
+
+    def counting(self: Source) -> list[str]:
+        calls.append(self.folder)
+        return original(self)
+
+    monkeypatch.setattr(Source, "list", counting)
+    run_to_end(engine, "b1", source(folder))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "same"),
+    [
+        ({}, True),
+        ({"order": "name"}, False),
+        ({"patterns": ("*.png",)}, False),
+        ({"shard_index": 1, "shard_count": 2}, False),
+        ({"limit": 2}, False),
+    ],
+    ids=["same", "order", "pattern", "shard", "limit"],
+)
+def test_batch_identity(folder: Path, change: dict[str, object], same: bool) -> None:
+    key = workflow_key({"7": {"inputs": {"cursor": -1}}}, LOADER)
+    assert (
+        source_batch_id(source(folder), key) == source_batch_id(source(folder, **change), key)
+    ) is same
+
+
+def test_workflow_key_ignores_the_cursor_only() -> None:
+    graph = {"7": {"inputs": {"cursor": -1, "folder": "a"}}, "9": {"inputs": {"seed": 1}}}
+    advanced = {"7": {"inputs": {"cursor": 12, "folder": "a"}}, "9": {"inputs": {"seed": 1}}}
+    other = {"7": {"inputs": {"cursor": -1, "folder": "a"}}, "9": {"inputs": {"seed": 2}}}
+    assert workflow_key(graph, "7") == workflow_key(advanced, "7") != workflow_key(other, "7")
+
+
+def test_progress_eta_counts_only_this_runs_pace(engine: BatchEngine, folder: Path) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    assert engine.progress("b1", "img1.png") == "0/4 (0%) · img1.png · ETA --:--"
+
+
+def test_control_stop_drops_the_queued_prompt_and_cuts_the_running_one(
+    engine: BatchEngine, folder: Path
+) -> None:
+    dropped: list[str] = []
+    interrupts: list[bool] = []
+    control = BatchControl(
+        engine,
+        lambda: "p0",
+        lambda pid: dropped.append(pid) or True,
+        lambda: interrupts.append(True),
+    )
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.queued("b1", "p1")
+    status = control.stop("b1")
+    assert status is not None and status["stopped"] is True
+    assert dropped == ["p1"] and interrupts == [True]
+    assert control.stop("nope") is None
+
+
+def test_control_on_interrupt_stops_the_batch_of_the_interrupted_prompt(
+    engine: BatchEngine, folder: Path
+) -> None:
+    control = BatchControl(engine, lambda: "p0", lambda pid: True, lambda: None)
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.begin("b2", source(folder, order="name"), -1, "other", LOADER)
+    control.on_interrupt(None)
+    assert engine.is_stopped("b1") and not engine.is_stopped("b2")
