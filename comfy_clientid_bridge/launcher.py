@@ -55,7 +55,11 @@ class Comfy:
 
 @contextmanager
 def running_comfyui(
-    root: Path, *, packs: list[Path], extra_args: tuple[str, ...] = ()
+    root: Path,
+    *,
+    packs: list[Path],
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[Comfy]:
     """ComfyUI on a free loopback port with its own folders and the given custom node packs."""
     found = find_comfyui()
@@ -66,7 +70,9 @@ def running_comfyui(
     for name in ("input", "output", "user", "custom_nodes"):
         (root / name).mkdir(parents=True, exist_ok=True)
     for pack in packs:
-        (nodes / pack.name).symlink_to(pack, target_is_directory=True)
+        link = nodes / pack.name
+        if not link.is_symlink():  # a restart on the same root keeps its links
+            link.symlink_to(pack, target_is_directory=True)
     config = root / "extra_model_paths.yaml"
     config.write_text(f"tests:\n  custom_nodes: {nodes}\n")
     port = free_port()
@@ -93,7 +99,13 @@ def running_comfyui(
         *extra_args,
     ]
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=checkout, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            cwd=checkout,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
     comfy = Comfy(f"http://127.0.0.1:{port}", root, log, process)
     try:
         wait_until_up(comfy)

@@ -60,9 +60,11 @@ class BatchImageLoader:
                 ),
                 "recursive": ("BOOLEAN", {"default": False}),
                 "order": (list(ORDERS), {"default": "natural"}),
-                "seed": (
+                # Not named "seed": the frontend would add a randomize-after-queue control,
+                # and a new seed per run is a new batch that never resumes.
+                "shuffle_seed": (
                     "INT",
-                    {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "for shuffle"},
+                    {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "for order=shuffle"},
                 ),
                 "start_index": ("INT", {"default": 0, "min": 0, "max": 10**9}),
                 "limit": ("INT", {"default": 0, "min": 0, "max": 10**9, "tooltip": "0: all"}),
@@ -140,7 +142,7 @@ def _source(
     pattern: str,
     recursive: bool,
     order: str,
-    seed: int,
+    shuffle_seed: int,
     start_index: int,
     limit: int,
     shard_index: int,
@@ -152,7 +154,7 @@ def _source(
         patterns=parse_patterns(pattern),
         recursive=recursive,
         order=order,
-        seed=seed,
+        seed=shuffle_seed,
         start_index=start_index,
         limit=limit,
         shard_index=shard_index,

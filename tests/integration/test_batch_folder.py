@@ -1,0 +1,198 @@
+"""On a real ComfyUI: a folder through loader -> saver, one image per prompt, to the end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_clientid_bridge.batch.state import read_report
+from comfy_clientid_bridge.demo import post, single_graph, wait_idle
+from comfy_clientid_bridge.launcher import REPO, ROUTED, Comfy, Tab, find_comfyui, running_comfyui
+
+pytestmark = pytest.mark.integration
+EXAMPLE = REPO / "examples" / "batch_folder.api.json"
+WORKFLOW = {"nodes": [{"id": 1, "type": "ClientIdBridge_BatchImageLoader"}], "marker": "ui-graph"}
+SAVER = "2"
+
+
+@pytest.fixture(scope="module")
+def comfy_paths() -> None:
+    found = find_comfyui()
+    if isinstance(found, str):
+        pytest.skip(f"integration tier: {found}")
+
+
+def make_folder(folder: Path) -> dict[str, tuple[int, int]]:
+    """12 files: one corrupt, two in a subfolder, one RGBA, one EXIF-rotated. -> sizes."""
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    expected = {}
+    for number in range(1, 8):
+        name = f"img{number}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(folder / name)
+        expected[f"img{number}"] = (30, 20)
+    Image.new("RGBA", (16, 12), (255, 0, 0, 128)).save(folder / "alpha.png")
+    expected["alpha"] = (16, 12)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: a 40x20 photo stands upright as 20x40
+    Image.new("RGB", (40, 20), (0, 0, 255)).save(folder / "rotated.jpg", exif=exif.tobytes())
+    expected["rotated"] = (20, 40)
+    for name in ("s1.png", "s2.png"):
+        Image.new("RGB", (8, 8), (0, 255, 0)).save(folder / "sub" / name)
+        expected[f"sub/{Path(name).stem}"] = (8, 8)
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    return expected
+
+
+def batch_graph(folder: Path, **saver: Any) -> dict[str, Any]:
+    graph = json.loads(EXAMPLE.read_text())
+    graph["1"]["inputs"].update(folder=str(folder), recursive=True)
+    graph["2"]["inputs"].update(saver)
+    return graph
+
+
+async def run(comfy: Comfy, graph: dict[str, Any], *, until_idle: bool = True) -> tuple[Tab, Tab]:
+    async with aiohttp.ClientSession() as session:
+        tab_a = await Tab(session, comfy.url, uuid.uuid4().hex).open()
+        tab_b = await Tab(session, comfy.url, uuid.uuid4().hex).open()
+        listeners = [asyncio.create_task(tab.listen()) for tab in (tab_a, tab_b)]
+        extra = {"extra_pnginfo": {"workflow": WORKFLOW}}
+        await post(
+            session, comfy.url, {"prompt": graph, "client_id": tab_a.client_id, "extra_data": extra}
+        )
+        await post(
+            session, comfy.url, {"prompt": single_graph("foreign"), "client_id": tab_b.client_id}
+        )
+        if until_idle:
+            await wait_idle(session, comfy.url)
+        for tab in (tab_a, tab_b):
+            await tab.close()
+        await asyncio.gather(*listeners, return_exceptions=True)
+    return tab_a, tab_b
+
+
+def saver_images(tab: Tab) -> list[dict[str, Any]]:
+    return [
+        image
+        for e in tab.of_type("executed")
+        if e["node"] == SAVER
+        for image in e["output"]["images"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def comfy(comfy_paths: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
+    with running_comfyui(tmp_path_factory.mktemp("batch"), packs=[REPO]) as running:
+        yield running
+
+
+@pytest.mark.parametrize("bridge", ["on", "off"])
+async def test_folder_of_twelve(tmp_path: Path, comfy_paths: None, bridge: str) -> None:
+    folder = tmp_path / "photos"
+    expected = make_folder(folder)
+    env = {"COMFY_CLIENTID_BRIDGE": "1" if bridge == "on" else "0"}
+    with running_comfyui(tmp_path / "comfy", packs=[REPO], env=env) as comfy:
+        tab_a, tab_b = await run(comfy, batch_graph(folder, suffix="_x", subfolder="out"))
+        log = comfy.log_text()
+    outputs = sorted(
+        p.relative_to(comfy.output / "out").as_posix()
+        for p in (comfy.output / "out").rglob("*.png")
+    )
+    assert outputs == sorted(f"{stem}_x.png" for stem in expected)
+    for stem, size in expected.items():
+        with Image.open(comfy.output / "out" / f"{stem}_x.png") as image:
+            assert image.size == size and image.mode == "RGB"
+            assert json.loads(image.info["workflow"]) == WORKFLOW
+            assert (
+                json.loads(image.info["prompt"])["1"]["class_type"]
+                == "ClientIdBridge_BatchImageLoader"
+            )
+    [report] = list(comfy.output.glob("batch_*.jsonl"))
+    lines = read_report(report)
+    assert len(lines) == 12
+    assert [line["status"] for line in lines].count("unreadable") == 1
+    # The tab that started it was shown every saved image, and nothing of tab B's prompt.
+    shown = saver_images(tab_a)
+    assert (
+        sorted(f"{i['subfolder']}/{i['filename']}".removeprefix("out/") for i in shown) == outputs
+    )
+    assert [i["filename"] for i in saver_images(tab_b)] == ["foreign_00001_.png"]  # its own
+    assert not tab_b.prompt_ids(ROUTED) & tab_a.prompt_ids(ROUTED)
+    assert "done: 12 images" in log or "12 images in" in log
+    assert "comfy_clientid_bridge/" not in log
+
+
+async def test_sigkill_mid_batch_then_restart_finishes_without_duplicates(
+    tmp_path: Path, comfy_paths: None
+) -> None:
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for number in range(12):  # noise PNGs at level 9: slow enough to kill mid-batch
+        pixels = rng.integers(0, 255, (900, 900, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"n{number:02}.png", compress_level=0)
+    graph = batch_graph(folder, compress_level=9, subfolder="big")
+    root = tmp_path / "comfy"
+    with running_comfyui(root, packs=[REPO]) as comfy:
+        async with aiohttp.ClientSession() as session:
+            await post(session, comfy.url, {"prompt": graph})
+            for _ in range(600):
+                if len(list((comfy.output / "big").glob("*.png"))) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+        os.kill(comfy.process.pid, signal.SIGKILL)
+        comfy.process.wait()
+    done_before = len(list((root / "output" / "big").glob("*.png")))
+    assert 3 <= done_before < 12, "the kill must land mid-batch"
+    with running_comfyui(root, packs=[REPO]) as comfy:
+        async with aiohttp.ClientSession() as session:
+            await post(session, comfy.url, {"prompt": graph})
+            await wait_idle(session, comfy.url, timeout=180)
+    outputs = sorted(p.name for p in (root / "output" / "big").glob("*.png"))
+    assert outputs == [f"n{number:02}_out.png" for number in range(12)]  # no _1 duplicates
+    for name in outputs:
+        with Image.open(root / "output" / "big" / name) as image:
+            image.load()  # a truncated file would raise here
+    saved = [
+        line
+        for line in read_report(next((root / "output").glob("batch_*.jsonl")))
+        if line["status"] == "saved"
+    ]
+    assert sorted(line["source"] for line in saved) == [f"n{number:02}.png" for number in range(12)]
+
+
+async def test_cancel_stops_the_batch_at_once(comfy: Comfy, tmp_path: Path) -> None:
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for number in range(10):
+        Image.fromarray(rng.integers(0, 255, (900, 900, 3), dtype=np.uint8)).save(
+            folder / f"c{number}.png", compress_level=0
+        )
+    graph = batch_graph(folder, compress_level=9, subfolder="slow")
+    async with aiohttp.ClientSession() as session:
+        await post(session, comfy.url, {"prompt": graph})
+        for _ in range(600):
+            if len(list((comfy.output / "slow").glob("*.png"))) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        async with session.post(f"{comfy.url}/api/interrupt") as response:
+            assert response.status == 200
+        await wait_idle(session, comfy.url)
+        count = len(list((comfy.output / "slow").glob("*.png")))
+        await asyncio.sleep(2)
+        assert len(list((comfy.output / "slow").glob("*.png"))) == count < 10
+        async with session.get(f"{comfy.url}/queue") as response:
+            queue = await response.json()
+        assert not queue["queue_running"] and not queue["queue_pending"]
