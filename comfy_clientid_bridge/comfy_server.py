@@ -18,7 +18,7 @@ from typing import Any
 from .batch.control import (
     CONTROL,
     BatchControl,
-    batch_interrupt_middleware,
+    batch_cancel_middleware,
     batch_status,
     stop_batch,
 )
@@ -118,7 +118,7 @@ def _install_batch(server: Any) -> None:
     server.app[CONTROL] = control
     server.routes.get(BATCH_PATH)(batch_status)
     server.routes.post(BATCH_PATH + "/stop")(stop_batch)
-    server.app.middlewares.append(batch_interrupt_middleware(control=control))
+    server.app.middlewares.append(batch_cancel_middleware(control=control))
 
 
 def _install(server: Any) -> bool:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from comfy_clientid_bridge.batch.control import (
     CONTROL,
     BatchControl,
-    batch_interrupt_middleware,
+    batch_cancel_middleware,
     batch_status,
     stop_batch,
 )
@@ -27,11 +27,14 @@ Client = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 @pytest.fixture
 async def client(tmp_path: Path, aiohttp_client: Client) -> TestClient[Any, Any]:
     (tmp_path / "a.png").write_bytes(b"x")
-    engine = BatchEngine(StateStore(tmp_path / "s"), tmp_path / "o", lambda _: False)
+    engine = BatchEngine(
+        StateStore(tmp_path / "s"), tmp_path / "o", {"running", "next"}.__contains__
+    )
     source = Source(tmp_path, DEFAULT_PATTERNS, False, "natural", 0)
     engine.begin("b1", source, -1, "running", "1")
+    engine.queued("b1", "next")
     control = BatchControl(engine, lambda: "running", lambda _: True, lambda: None)
-    app = web.Application(middlewares=[batch_interrupt_middleware(control=control)])
+    app = web.Application(middlewares=[batch_cancel_middleware(control=control)])
     app[CONTROL] = control
 
     async def interrupt(request: web.Request) -> web.Response:
@@ -39,6 +42,7 @@ async def client(tmp_path: Path, aiohttp_client: Client) -> TestClient[Any, Any]
 
     app.router.add_post("/interrupt", interrupt)
     app.router.add_post("/api/interrupt", interrupt)
+    app.router.add_post("/api/queue", interrupt)
     app.router.add_get("/clientid_bridge/batch/{batch_id}", batch_status)
     app.router.add_post("/clientid_bridge/batch/{batch_id}/stop", stop_batch)
     return await aiohttp_client(app)
@@ -53,8 +57,25 @@ async def client(tmp_path: Path, aiohttp_client: Client) -> TestClient[Any, Any]
         ("/api/interrupt", b'{"prompt_id": "another"}', False),
         ("/interrupt", b"\xff not json", True),
         ("/interrupt?status=500", b"", False),
+        ("/api/queue", b'{"clear": true}', True),
+        ("/api/queue", b'{"delete": ["next"]}', True),
+        ("/api/queue", b'{"delete": ["someone-else", 5]}', False),
+        ("/api/queue", b'{"clear": false}', False),
+        ("/api/queue", b"[1]", False),
     ],
-    ids=["plain", "api-empty-json", "targeted-ours", "targeted-other", "bad-body", "failed"],
+    ids=[
+        "plain",
+        "api-empty-json",
+        "targeted-ours",
+        "targeted-other",
+        "bad-body",
+        "failed",
+        "clear-queue",
+        "delete-our-next",
+        "delete-other",
+        "no-clear",
+        "queue-bad-body",
+    ],
 )
 async def test_cancel_stops_the_running_batch(
     client: TestClient[Any, Any], path: str, body: bytes, stopped: bool
@@ -76,4 +97,4 @@ async def test_stop_route(client: TestClient[Any, Any]) -> None:
 def test_interrupt_paths_are_validated() -> None:
     control = BatchControl(None, lambda: None, lambda _: True, lambda: None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="interrupt_paths"):
-        batch_interrupt_middleware(control=control, interrupt_paths=["interrupt"])
+        batch_cancel_middleware(control=control, interrupt_paths=["interrupt"])

@@ -1,4 +1,4 @@
-"""Stopping batches over HTTP: the stop route, and ComfyUI's own cancel (POST /interrupt)."""
+"""Stopping batches over HTTP: the stop route, and ComfyUI's own cancel and queue clearing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .engine import BatchEngine
 logger = logging.getLogger(__name__)
 
 DEFAULT_INTERRUPT_PATHS = ("/interrupt", "/api/interrupt")
+DEFAULT_QUEUE_PATHS = ("/queue", "/api/queue")
 
 
 @dataclass
@@ -45,6 +46,22 @@ class BatchControl:
         for batch in self.engine.batches_of_prompt(target):
             self.stop(batch, interrupt_running=False)
 
+    def on_queue_edit(self, body: object) -> None:
+        """POST /queue: "clear" stops every batch in flight (its running image finishes,
+        no next one is queued); "delete" of a batch's queued next prompt stops that batch."""
+        if not isinstance(body, dict):
+            return
+        if body.get("clear"):
+            for batch in self.engine.batches_in_flight():
+                self.stop(batch, interrupt_running=False)
+        deleted = body.get("delete")
+        if isinstance(deleted, list):
+            for prompt_id in deleted:
+                for batch in self.engine.batches_of_prompt(
+                    prompt_id if isinstance(prompt_id, str) else None
+                ):
+                    self.stop(batch, interrupt_running=False)
+
 
 CONTROL = web.AppKey("comfy_clientid_bridge.batch_control", BatchControl)
 
@@ -65,32 +82,42 @@ async def batch_status(request: web.Request) -> web.Response:
     return web.json_response(status)
 
 
-def batch_interrupt_middleware(
-    *, control: BatchControl, interrupt_paths: Iterable[str] = DEFAULT_INTERRUPT_PATHS
+def batch_cancel_middleware(
+    *,
+    control: BatchControl,
+    interrupt_paths: Iterable[str] = DEFAULT_INTERRUPT_PATHS,
+    queue_paths: Iterable[str] = DEFAULT_QUEUE_PATHS,
 ) -> Middleware:
-    """After ComfyUI handles POST /interrupt, stops the batch of the prompt it interrupted."""
-    paths = frozenset(interrupt_paths)
-    if not paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
-        raise ValueError(f"interrupt_paths must be absolute paths, got {paths!r}")
+    """After ComfyUI handles POST /interrupt or POST /queue, stops the batches they cut."""
+    interrupts, queues = frozenset(interrupt_paths), frozenset(queue_paths)
+    for name, paths in (("interrupt_paths", interrupts), ("queue_paths", queues)):
+        if not paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+            raise ValueError(f"{name} must be absolute paths, got {paths!r}")
 
     @web.middleware
-    async def batch_interrupt(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or request.path not in paths:
+    async def batch_cancel(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or (
+            request.path not in interrupts and request.path not in queues
+        ):
             return await handler(request)
-        target = await _target_prompt_id(request) or control.executing_prompt_id()
+        body = await _json_body(request)
+        target = control.executing_prompt_id()  # before ComfyUI acts on the request
         response = await handler(request)
-        if response.status == 200:
-            control.on_interrupt(target)
+        if response.status != 200:
+            return response
+        if request.path in queues:
+            control.on_queue_edit(body)
+        else:
+            prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+            control.on_interrupt(prompt_id if isinstance(prompt_id, str) else target)
         return response
 
-    return batch_interrupt
+    return batch_cancel
 
 
-async def _target_prompt_id(request: web.Request) -> str | None:
-    """The optional {"prompt_id": ...} of a targeted interrupt (aiohttp caches the body)."""
+async def _json_body(request: web.Request) -> Any:
+    """The request's JSON, or None; aiohttp caches the body for ComfyUI's handler."""
     try:
-        body = json.loads(await request.read())
-    except ValueError:  # no body or not JSON: ComfyUI interrupts whatever runs
+        return json.loads(await request.read())
+    except ValueError:  # no body or not JSON: ComfyUI answers it as it always does
         return None
-    prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
-    return prompt_id if isinstance(prompt_id, str) else None

@@ -247,6 +247,20 @@ class BatchEngine:
                 and prompt_id in (run.running_prompt_id, run.pending_prompt_id)
             ]
 
+    def batches_in_flight(self) -> list[str]:
+        """Batches with an image running or a next prompt queued."""
+        with self._lock:
+            return [
+                batch
+                for batch, run in self._runs.items()
+                if not run.stopped
+                and not run.finished
+                and any(
+                    pid is not None and self.is_alive(pid)
+                    for pid in (run.running_prompt_id, run.pending_prompt_id)
+                )
+            ]
+
     def finish(self, batch: str) -> str:
         """The end of a pass: the summary, logged once."""
         with self._lock:

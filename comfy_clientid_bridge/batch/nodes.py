@@ -134,7 +134,8 @@ class BatchImageLoader:
         text = engine.progress(batch, rel.name)
         subfolder = rel.parent.as_posix() if rel.parent != Path(".") else ""
         result = (image, alpha, rel.stem, subfolder, claimed.index, claimed.total, batch)
-        return {"ui": {"text": [text]}, "result": result}
+        # batch_id in the UI payload: what a Stop button or an API client needs to stop it.
+        return {"ui": {"text": [text], "batch_id": [batch]}, "result": result}
 
 
 def _source(

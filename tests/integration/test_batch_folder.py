@@ -172,27 +172,62 @@ async def test_sigkill_mid_batch_then_restart_finishes_without_duplicates(
     assert sorted(line["source"] for line in saved) == [f"n{number:02}.png" for number in range(12)]
 
 
-async def test_cancel_stops_the_batch_at_once(comfy: Comfy, tmp_path: Path) -> None:
-    folder = tmp_path / "slow"
+def slow_folder(folder: Path, count: int) -> Path:
+    """Noise PNGs saved at level 9: slow enough to act on a batch mid-way."""
     folder.mkdir()
     rng = np.random.default_rng(2)
-    for number in range(10):
-        Image.fromarray(rng.integers(0, 255, (900, 900, 3), dtype=np.uint8)).save(
-            folder / f"c{number}.png", compress_level=0
-        )
-    graph = batch_graph(folder, compress_level=9, subfolder="slow")
+    for number in range(count):
+        pixels = rng.integers(0, 255, (900, 900, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"c{number:02}.png", compress_level=0)
+    return folder
+
+
+async def stop_by(how: str, session: aiohttp.ClientSession, url: str, tab: Tab) -> None:
+    if how == "cancel":  # the frontend's cancel button
+        response = await session.post(f"{url}/api/interrupt", json={})
+    elif how == "clear-queue":
+        response = await session.post(f"{url}/api/queue", json={"clear": True})
+    else:
+        loader = next(e for e in tab.of_type("executed") if e["node"] == "1")
+        batch = loader["output"]["batch_id"][0]
+        response = await session.post(f"{url}/api/clientid_bridge/batch/{batch}/stop")
+    assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize("how", ["cancel", "clear-queue", "stop-route"])
+async def test_stopping_a_batch(comfy: Comfy, tmp_path: Path, how: str) -> None:
+    folder = slow_folder(tmp_path / "slow", 10)
+    graph = batch_graph(folder, compress_level=9, subfolder=how)
+    out = comfy.output / how
     async with aiohttp.ClientSession() as session:
-        await post(session, comfy.url, {"prompt": graph})
+        tab = await Tab(session, comfy.url, uuid.uuid4().hex).open()
+        listener = asyncio.create_task(tab.listen())
+        await post(session, comfy.url, {"prompt": graph, "client_id": tab.client_id})
         for _ in range(600):
-            if len(list((comfy.output / "slow").glob("*.png"))) >= 2:
+            if len(list(out.glob("*.png"))) >= 2:
                 break
             await asyncio.sleep(0.05)
-        async with session.post(f"{comfy.url}/api/interrupt") as response:
-            assert response.status == 200
+        await stop_by(how, session, comfy.url, tab)
         await wait_idle(session, comfy.url)
-        count = len(list((comfy.output / "slow").glob("*.png")))
+        count = len(list(out.glob("*.png")))
         await asyncio.sleep(2)
-        assert len(list((comfy.output / "slow").glob("*.png"))) == count < 10
+        assert len(list(out.glob("*.png"))) == count < 10  # no orphaned iteration went on
         async with session.get(f"{comfy.url}/queue") as response:
             queue = await response.json()
         assert not queue["queue_running"] and not queue["queue_pending"]
+        await tab.close()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_two_tabs_starting_the_same_batch_process_each_image_once(
+    comfy: Comfy, tmp_path: Path
+) -> None:
+    """Two tabs (or Auto Queue) queue the same workflow: one loop, no image twice."""
+    folder = slow_folder(tmp_path / "twice", 6)
+    graph = batch_graph(folder, compress_level=1, subfolder="twice", existing="increment")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            await post(session, comfy.url, {"prompt": graph, "client_id": uuid.uuid4().hex})
+        await wait_idle(session, comfy.url, timeout=120)
+    outputs = sorted(p.name for p in (comfy.output / "twice").glob("*.png"))
+    assert outputs == [f"c{number:02}_out.png" for number in range(6)]  # no _1 copies
