@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -90,15 +90,17 @@ class BatchImageLoader:
     @classmethod
     def IS_CHANGED(cls, cursor: int = -1, **inputs: Any) -> Any:
         """Never a cached image: a person's run always runs, a loop step keys on its file."""
+        # A fresh token means "changed". Not NaN: ComfyUI keeps this value in the prompt it
+        # serves from /queue and /history, and NaN there is invalid JSON for the browser.
         if cursor < 0 or "prompt" not in inputs or "unique_id" not in inputs:
-            return math.nan  # NaN != NaN: always changed
+            return uuid.uuid4().hex
         source = _source(**inputs)
         batch = source_batch_id(source, workflow_key(inputs["prompt"], inputs["unique_id"]))
         try:
             path = source.folder / comfy_server.batch_engine().source_of(batch, cursor)
             stat = path.stat()
         except (KeyError, IndexError, OSError):
-            return math.nan
+            return uuid.uuid4().hex
         return f"{batch}:{cursor}:{path}:{stat.st_mtime_ns}:{stat.st_size}"
 
     def load(

@@ -62,6 +62,10 @@ def batch_graph(folder: Path, **saver: Any) -> dict[str, Any]:
     return graph
 
 
+def _reject(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON; the browser's JSON.parse fails on it")
+
+
 async def run(comfy: Comfy, graph: dict[str, Any], *, until_idle: bool = True) -> tuple[Tab, Tab]:
     async with aiohttp.ClientSession() as session:
         tab_a = await Tab(session, comfy.url, uuid.uuid4().hex).open()
@@ -76,6 +80,9 @@ async def run(comfy: Comfy, graph: dict[str, Any], *, until_idle: bool = True) -
         )
         if until_idle:
             await wait_idle(session, comfy.url)
+        for route in ("/history", "/queue"):  # what the browser parses: strict JSON only
+            async with session.get(comfy.url + route) as response:
+                json.loads(await response.text(), parse_constant=_reject)
         for tab in (tab_a, tab_b):
             await tab.close()
         await asyncio.gather(*listeners, return_exceptions=True)
