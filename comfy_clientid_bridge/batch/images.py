@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
-from PIL.PngImagePlugin import PngInfo
+
+from .png import encode_png
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +133,9 @@ def _check_settings(fmt: str, quality: int, compress_level: int) -> str:
     return pil_format
 
 
-def _png_info(prompt: dict[str, Any] | None, workflow: dict[str, Any] | None) -> PngInfo:
-    # Same chunks as ComfyUI's SaveImage, so the file drags back into ComfyUI.
-    info = PngInfo()
-    if prompt is not None:
-        info.add_text("prompt", json.dumps(prompt))
-    if workflow is not None:
-        info.add_text("workflow", json.dumps(workflow))
-    return info
+def _png_text(prompt: dict[str, Any] | None, workflow: dict[str, Any] | None) -> dict[str, str]:
+    named = {"prompt": prompt, "workflow": workflow}
+    return {key: json.dumps(value) for key, value in named.items() if value is not None}
 
 
 def _exif(prompt: dict[str, Any] | None, workflow: dict[str, Any] | None) -> Image.Exif:
@@ -172,12 +168,12 @@ def encode_image(
     """The image encoded as PNG, JPEG or WebP with prompt and workflow embedded."""
     _check_pixels(rgb_uint8)
     pil_format = _check_settings(fmt, quality, compress_level)
+    if pil_format == "PNG":
+        # Same tEXt chunks as ComfyUI's SaveImage, so the file drags back into ComfyUI.
+        return encode_png(rgb_uint8, compress_level, _png_text(prompt, workflow))
     image = Image.fromarray(rgb_uint8)
     buffer = io.BytesIO()
-    if pil_format == "PNG":
-        info = _png_info(prompt, workflow)
-        image.save(buffer, "PNG", pnginfo=info, compress_level=compress_level)
-    elif pil_format == "JPEG":
+    if pil_format == "JPEG":
         exif = _jpeg_exif(_exif(prompt, workflow))
         image.save(buffer, "JPEG", quality=quality, exif=exif)
     else:

@@ -324,13 +324,13 @@ class BatchNext:
         return {"ui": {"text": [engine.progress(batch_id)]}}
 
 
-NODE_CLASS_MAPPINGS = {
+NODE_CLASS_MAPPINGS: dict[str, type] = {
     PREFIX + "BatchImageLoader": BatchImageLoader,
     PREFIX + "BatchImageSaver": BatchImageSaver,
     PREFIX + "BatchProgress": BatchProgress,
     PREFIX + "BatchNext": BatchNext,
 }
-NODE_DISPLAY_NAME_MAPPINGS = {
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     PREFIX + "BatchImageLoader": "Batch Image Loader",
     PREFIX + "BatchImageSaver": "Batch Image Saver",
     PREFIX + "BatchProgress": "Batch Progress",
