@@ -183,9 +183,12 @@ def test_batch_identity(folder: Path, change: dict[str, object], same: bool) -> 
     ) is same
 
 
-def test_workflow_key_ignores_the_cursor_only() -> None:
+def test_workflow_key_ignores_the_cursor_and_what_comfyui_adds() -> None:
     graph = {"7": {"inputs": {"cursor": -1, "folder": "a"}}, "9": {"inputs": {"seed": 1}}}
-    advanced = {"7": {"inputs": {"cursor": 12, "folder": "a"}}, "9": {"inputs": {"seed": 1}}}
+    advanced = {
+        "7": {"inputs": {"cursor": 12, "folder": "a"}, "is_changed": ["f00d"]},
+        "9": {"inputs": {"seed": 1}, "_meta": {"title": "renamed"}},
+    }
     other = {"7": {"inputs": {"cursor": -1, "folder": "a"}}, "9": {"inputs": {"seed": 2}}}
     assert workflow_key(graph, "7") == workflow_key(advanced, "7") != workflow_key(other, "7")
 

@@ -88,10 +88,16 @@ class _Run:
 
 
 def workflow_key(prompt: Mapping[str, Any], loader_id: str) -> str:
-    """The graph without the loader's cursor: the same workflow on every iteration."""
-    graph = json.loads(json.dumps(prompt, sort_keys=True, default=str))
+    """The graph's class types and inputs without the loader's cursor: the same workflow
+    on every iteration. What ComfyUI adds to a running prompt (its `is_changed` results)
+    and titles are left out, or every run would be a new batch."""
+    graph = {
+        str(node_id): {"class_type": node.get("class_type"), "inputs": dict(node.get("inputs", {}))}
+        for node_id, node in prompt.items()
+        if isinstance(node, Mapping)
+    }
     graph.get(loader_id, {}).get("inputs", {}).pop(CURSOR_INPUT, None)
-    canonical = json.dumps(graph, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(graph, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

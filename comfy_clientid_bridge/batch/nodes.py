@@ -24,6 +24,7 @@ PREFIX = "ClientIdBridge_"
 FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 BATCH_ID = ("STRING", {"forceInput": True})
 INDEX = ("INT", {"forceInput": True})
+GRAPH_KEYS = ("class_type", "inputs", "_meta")
 
 
 def _blocked(halt: Halt, outputs: int) -> dict[str, Any]:
@@ -315,7 +316,11 @@ class BatchNext:
         following = engine.next_index(batch_id, engine.current(batch_id))
         if following is None:
             return {"ui": {"text": [f"done: {engine.finish(batch_id)}"]}}
-        graph = copy.deepcopy(prompt)
+        # The graph as a client sends it: ComfyUI's own additions (is_changed) left out.
+        graph = {
+            node_id: {key: copy.deepcopy(node[key]) for key in GRAPH_KEYS if key in node}
+            for node_id, node in prompt.items()
+        }
         graph[engine.loader_of(batch_id)]["inputs"][CURSOR_INPUT] = following
         body: dict[str, Any] = {"prompt": graph, "client_id": comfy_server.current_client_id()}
         if extra_pnginfo:
