@@ -91,12 +91,13 @@ def workflow_key(prompt: Mapping[str, Any], loader_id: str) -> str:
     """The graph's class types and inputs without the loader's cursor: the same workflow
     on every iteration. What ComfyUI adds to a running prompt (its `is_changed` results)
     and titles are left out, or every run would be a new batch."""
-    graph = {
-        str(node_id): {"class_type": node.get("class_type"), "inputs": dict(node.get("inputs", {}))}
-        for node_id, node in prompt.items()
-        if isinstance(node, Mapping)
-    }
-    graph.get(loader_id, {}).get("inputs", {}).pop(CURSOR_INPUT, None)
+    graph: dict[str, Any] = {}
+    for node_id, node in prompt.items():
+        if isinstance(node, Mapping):
+            inputs = dict(node.get("inputs") or {})
+            if str(node_id) == str(loader_id):
+                inputs.pop(CURSOR_INPUT, None)
+            graph[str(node_id)] = {"class_type": node.get("class_type"), "inputs": inputs}
     canonical = json.dumps(graph, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
