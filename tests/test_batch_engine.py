@@ -225,3 +225,15 @@ def test_control_on_interrupt_stops_the_batch_of_the_interrupted_prompt(
     engine.begin("b2", source(folder, order="name"), -1, "other", LOADER)
     control.on_interrupt(None)
     assert engine.is_stopped("b1") and not engine.is_stopped("b2")
+
+
+def test_badge_counts_up_then_says_done(engine: BatchEngine, folder: Path) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    assert engine.badge("b1") == "0/4 · ETA --:--"
+    engine.record("b1", 0, "saved", "o")
+    assert engine.badge("b1").startswith("1/4 · ETA ")
+    engine.record("b1", 1, "skipped", "o", "output exists")
+    engine.record("b1", 2, "unreadable", None, "truncated")
+    engine.record("b1", 3, "saved", "o")
+    engine.finish("b1")
+    assert engine.badge("b1") == "done: 2 saved, 1 skipped, 1 failed"

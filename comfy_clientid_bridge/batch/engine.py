@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .listing import list_images, order_images, select
-from .progress import progress_text, summary_text
+from .progress import eta_seconds, format_eta, progress_text, summary_text
 from .state import (
     FINISHED_STATUSES,
     BatchState,
@@ -287,6 +287,21 @@ class BatchEngine:
         elapsed = time.monotonic() - run.started
         done, total = len(run.state.done), len(run.state.files)
         return progress_text(done, total, current, elapsed, done_before=run.done_at_start)
+
+    def badge(self, batch: str) -> str:
+        """What the loader's badge shows: '12/240 · ETA 3:10', or the end state."""
+        run = self._runs[batch]
+        counts = self.counts(batch)
+        done, total = len(run.state.done), len(run.state.files)
+        if run.finished or done == total:
+            failed = counts["unreadable"] + counts["failed"]
+            tail = f", {failed} failed" if failed else ""
+            return f"done: {counts['saved']} saved, {counts['skipped']} skipped{tail}"
+        if run.stopped:
+            return f"stopped: {done}/{total}"
+        elapsed = time.monotonic() - run.started
+        eta = eta_seconds(done, total, elapsed, done_before=run.done_at_start)
+        return f"{done}/{total} · ETA {format_eta(eta)}"
 
     def summary(self, batch: str) -> str:
         run = self._runs[batch]

@@ -12,7 +12,15 @@ import numpy as np
 import torch
 
 from .. import comfy_server
-from .engine import CURSOR_INPUT, Halt, Item, Source, source_batch_id, workflow_key
+from .engine import (
+    CURSOR_INPUT,
+    BatchEngine,
+    Halt,
+    Item,
+    Source,
+    source_batch_id,
+    workflow_key,
+)
 from .images import UnreadableImage, encode_image, load_image
 from .listing import ORDERS, parse_patterns
 from .naming import POLICIES, atomic_write_bytes, choose_target, output_relpath, resolve_inside
@@ -33,7 +41,7 @@ def _blocked(halt: Halt, outputs: int) -> dict[str, Any]:
 
     logger.info("batch %s: %s", halt.batch_id, halt.message)
     return {
-        "ui": {"text": [halt.message]},
+        "ui": {"text": [halt.message], "batch_id": [halt.batch_id], "badge": [halt.message]},
         "result": tuple(ExecutionBlocker(None) for _ in range(outputs)),
     }
 
@@ -138,7 +146,8 @@ class BatchImageLoader:
         subfolder = rel.parent.as_posix() if rel.parent != Path(".") else ""
         result = (image, alpha, rel.stem, subfolder, claimed.index, claimed.total, batch)
         # batch_id in the UI payload: what a Stop button or an API client needs to stop it.
-        return {"ui": {"text": [text], "batch_id": [batch]}, "result": result}
+        ui = {"text": [text], "batch_id": [batch], "badge": [engine.badge(batch)]}
+        return {"ui": ui, "result": result}
 
 
 def _source(
@@ -312,10 +321,10 @@ class BatchNext:
     ) -> dict[str, Any]:
         engine = comfy_server.batch_engine()
         if engine.is_stopped(batch_id):
-            return {"ui": {"text": [f"stopped at {engine.progress(batch_id)}"]}}
+            return _state(engine, batch_id, f"stopped at {engine.progress(batch_id)}")
         following = engine.next_index(batch_id, engine.current(batch_id))
         if following is None:
-            return {"ui": {"text": [f"done: {engine.finish(batch_id)}"]}}
+            return _state(engine, batch_id, f"done: {engine.finish(batch_id)}", done=True)
         # The graph as a client sends it: ComfyUI's own additions (is_changed) left out.
         graph = {
             node_id: {key: copy.deepcopy(node[key]) for key in GRAPH_KEYS if key in node}
@@ -326,7 +335,13 @@ class BatchNext:
         if extra_pnginfo:
             body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
         engine.queued(batch_id, comfy_server.queue_prompt(body))
-        return {"ui": {"text": [engine.progress(batch_id)]}}
+        return _state(engine, batch_id, engine.progress(batch_id))
+
+
+def _state(engine: BatchEngine, batch: str, text: str, *, done: bool = False) -> dict[str, Any]:
+    """Batch Next's UI payload; the web extension shows `badge` on the loader, toasts `done`."""
+    ui = {"text": [text], "batch_id": [batch], "badge": [engine.badge(batch)], "done": [done]}
+    return {"ui": ui}
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {

@@ -25,6 +25,12 @@ def _check_counts(done: int, total: int) -> None:
         raise ValueError(f"expected 0 <= done <= total; got done={done}, total={total}")
 
 
+def eta_seconds(done: int, total: int, elapsed: float, *, done_before: int = 0) -> float | None:
+    """Seconds left at this run's pace; None before this run has finished an image."""
+    done_now = done - done_before
+    return elapsed / done_now * (total - done) if done_now > 0 else None
+
+
 def progress_text(
     done: int, total: int, current_name: str, elapsed: float, *, done_before: int = 0
 ) -> str:
@@ -37,8 +43,7 @@ def progress_text(
     if done == total:
         return f"{done}/{total} (100%){SEPARATOR}done in {format_eta(elapsed)}"
     percent = done * 100 // total
-    done_now = done - done_before
-    eta = elapsed / done_now * (total - done) if done_now > 0 else None
+    eta = eta_seconds(done, total, elapsed, done_before=done_before)
     parts = [f"{done}/{total} ({percent}%)", current_name, f"ETA {format_eta(eta)}"]
     return SEPARATOR.join(part for part in parts if part)
 

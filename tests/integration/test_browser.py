@@ -1,0 +1,202 @@
+"""The real ComfyUI frontend in headless Chromium: a tab runs the example batch and sees it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_clientid_bridge.launcher import REPO, Comfy, find_comfyui, running_comfyui
+
+pytestmark = pytest.mark.integration
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = REPO / "docs"
+IMAGES = 6
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
+    found = find_comfyui()
+    if isinstance(found, str):
+        pytest.skip(f"integration tier: {found}")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with running_comfyui(tmp_path_factory.mktemp("browser"), packs=[REPO]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(comfy: Comfy) -> Iterator[Any]:
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
+
+
+def photos(folder: Path, count: int, size: int = 700) -> Path:
+    """Noise PNGs, so each iteration takes long enough to watch."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for number in range(count):
+        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"p{number}.png", compress_level=0)
+    return folder
+
+
+def open_tab(browser: Any, url: str) -> Any:
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    # A new user gets the template gallery over the canvas; a returning one does not.
+    page.request.post(f"{url}/api/settings/Comfy.TutorialCompleted", data="true")
+    page.goto(url)
+    page.wait_for_function(
+        "window.app && window.app.graph && window.app.vueAppReady", timeout=60_000
+    )
+    return page
+
+
+def load_example(page: Any, folder: Path, **saver: Any) -> None:
+    workflow = json.loads((REPO / "examples" / "batch_folder.json").read_text())
+    workflow["nodes"][0]["widgets_values"][0] = str(folder)
+    values = workflow["nodes"][1]["widgets_values"]
+    for name, value in saver.items():
+        values[
+            [
+                "format",
+                "quality",
+                "compress_level",
+                "prefix",
+                "suffix",
+                "subfolder",
+                "existing",
+                "output_folder",
+            ].index(name)
+        ] = value
+    page.evaluate("workflow => window.app.loadGraphData(workflow)", workflow)
+    page.wait_for_timeout(500)
+
+
+SNAPSHOT = """() => {
+  const node = id => window.app.graph.getNodeById(id);
+  const images = (window.app.nodeOutputs["2"] || {}).images || [];
+  return {
+    saver: images.map(i => i.subfolder + "/" + i.filename),
+    badge: node(1) ? node(1).cibBadge || null : null,
+    all: Object.values(window.app.nodeOutputs || {})
+      .flatMap(o => ((o && o.images) || []).map(i => i.filename)),
+  };
+}"""
+
+# Records every change of what the page shows, every 5 ms, inside the page itself.
+RECORD = "() => { window.__cibSeen = []; let last = ''; setInterval(() => {"
+RECORD += " const now = (" + SNAPSHOT + ")(); const key = JSON.stringify(now);"
+RECORD += " if (key !== last) { last = key; window.__cibSeen.push(now); } }, 5);"
+RECORD += " return (" + SNAPSHOT + ")(); }"  # fails the call at once if the snapshot throws
+
+
+def record(page: Any) -> None:
+    page.evaluate(RECORD)
+
+
+def watch(page: Any, until: Any, timeout: float = 120) -> list[dict[str, Any]]:
+    """Every state the page showed (see `record`) until `until(state)` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen: list[dict[str, Any]] = page.evaluate("() => window.__cibSeen")
+        if seen and until(seen[-1]):
+            return seen
+        page.wait_for_timeout(100)
+    state = page.evaluate(SNAPSHOT)
+    raise AssertionError(f"timed out at {page.url}; recorded {seen!r:.300}; now {state}")
+
+
+def test_tab_sees_every_iteration_and_another_user_sees_none(
+    comfy: Comfy, browser: Any, tmp_path: Path
+) -> None:
+    folder = photos(tmp_path / "watched", IMAGES)
+    tab_a, tab_b = open_tab(browser, comfy.url), open_tab(browser, comfy.url)
+    load_example(tab_a, folder, subfolder="browser", compress_level=9)
+    tab_b.evaluate("() => window.app.loadGraphData()")  # B: the default workflow, same node ids
+    record(tab_a)
+    record(tab_b)
+    tab_a.get_by_role("button", name="Run").first.click()
+
+    shot_taken = False
+
+    def mid_run(snapshot: dict[str, Any]) -> bool:
+        nonlocal shot_taken
+        if not shot_taken and snapshot["saver"] and (snapshot["badge"] or "").startswith("2/"):
+            tab_a.screenshot(path=str(SCREENSHOTS / "batch-running.png"))
+            shot_taken = True
+        return (snapshot["badge"] or "").startswith("done")
+
+    seen = watch(tab_a, mid_run)
+    tab_a.wait_for_timeout(300)
+    tab_a.screenshot(path=str(SCREENSHOTS / "batch-done.png"))
+    other = tab_b.evaluate("() => window.__cibSeen")
+
+    shown = [s["saver"][0] for s in seen if s["saver"]]
+    expected = [f"browser/p{n}_out.png" for n in range(IMAGES)]
+    assert sorted(set(shown)) == expected  # every iteration's image was on the saver in turn
+    assert shown[-1] == expected[-1]  # and the last one at the end
+    badges = [s["badge"] for s in seen if s["badge"]]
+    counts = [int(b.split("/")[0]) for b in badges if not b.startswith("done")]
+    assert counts == sorted(counts) and len(set(counts)) >= 3  # the badge counts up
+    assert badges[-1] == f"done: {IMAGES} saved, 0 skipped"
+    assert not any("_out" in name for s in other for name in s["all"])  # B never shows A's
+    assert shot_taken
+
+
+def test_outputs_stay_on_their_workflow_across_workflow_tabs(
+    comfy: Comfy, browser: Any, tmp_path: Path
+) -> None:
+    folder = photos(tmp_path / "tabs", 3, size=64)
+    tab = open_tab(browser, comfy.url)
+    load_example(tab, folder, subfolder="tabs")
+    record(tab)
+    tab.get_by_role("button", name="Run").first.click()
+    watch(tab, lambda s: (s["badge"] or "").startswith("done"), timeout=60)
+    before = tab.evaluate(SNAPSHOT)["saver"]
+    assert before == ["tabs/p2_out.png"]
+    tab.evaluate("() => window.app.extensionManager.command.execute('Comfy.NewBlankWorkflow')")
+    tab.wait_for_timeout(500)
+    assert tab.evaluate(SNAPSHOT)["saver"] == []
+    tab.evaluate(
+        "() => window.app.extensionManager.command.execute('Workspace.PreviousOpenedWorkflow')"
+    )
+    tab.wait_for_timeout(500)
+    # The last image, from a re-queued iteration; without the extension this would be the
+    # first image, the only one of a prompt this tab queued itself.
+    assert tab.evaluate(SNAPSHOT)["saver"] == before
+
+
+def test_stop_button_stops_the_batch(comfy: Comfy, browser: Any, tmp_path: Path) -> None:
+    folder = photos(tmp_path / "stopped", 10)
+    tab = open_tab(browser, comfy.url)
+    load_example(tab, folder, subfolder="stopped", compress_level=9)
+    record(tab)
+    tab.get_by_role("button", name="Run").first.click()
+    watch(tab, lambda s: len(s["saver"]) > 0 and (s["badge"] or "").startswith("2/"))
+    tab.evaluate("""() => window.app.graph.getNodeById(1).widgets
+        .find(w => w.name === 'Stop batch').callback()""")
+    tab.wait_for_timeout(3000)
+    saved = sorted(p.name for p in (comfy.output / "stopped").glob("*.png"))
+    tab.wait_for_timeout(2000)
+    assert sorted(p.name for p in (comfy.output / "stopped").glob("*.png")) == saved
+    assert 2 <= len(saved) < 10
+    assert tab.evaluate(SNAPSHOT)["badge"].startswith("stopped")
