@@ -115,11 +115,12 @@ def record(page: Any) -> None:
 
 def watch(page: Any, until: Any, timeout: float = 120) -> list[dict[str, Any]]:
     """Every state the page showed (see `record`) until `until(state)` holds."""
-    deadline = time.monotonic() + timeout
+    deadline, checked = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
         seen: list[dict[str, Any]] = page.evaluate("() => window.__cibSeen")
-        if seen and until(seen[-1]):
+        if any(until(state) for state in seen[checked:]):
             return seen
+        checked = len(seen)
         page.wait_for_timeout(100)
     state = page.evaluate(SNAPSHOT)
     raise AssertionError(f"timed out at {page.url}; recorded {seen!r:.300}; now {state}")
@@ -173,30 +174,34 @@ def test_outputs_stay_on_their_workflow_across_workflow_tabs(
     watch(tab, lambda s: (s["badge"] or "").startswith("done"), timeout=60)
     before = tab.evaluate(SNAPSHOT)["saver"]
     assert before == ["tabs/p2_out.png"]
+    path = "() => window.app.extensionManager.workflow.activeWorkflow.path"
+    original = tab.evaluate(path)
     tab.evaluate("() => window.app.extensionManager.command.execute('Comfy.NewBlankWorkflow')")
-    tab.wait_for_timeout(500)
+    tab.wait_for_function(f"({path})() !== {json.dumps(original)}")
+    tab.wait_for_timeout(300)
     assert tab.evaluate(SNAPSHOT)["saver"] == []
     tab.evaluate(
         "() => window.app.extensionManager.command.execute('Workspace.PreviousOpenedWorkflow')"
     )
-    tab.wait_for_timeout(500)
+    tab.wait_for_function(f"({path})() === {json.dumps(original)}")
+    tab.wait_for_timeout(300)
     # The last image, from a re-queued iteration; without the extension this would be the
     # first image, the only one of a prompt this tab queued itself.
     assert tab.evaluate(SNAPSHOT)["saver"] == before
 
 
 def test_stop_button_stops_the_batch(comfy: Comfy, browser: Any, tmp_path: Path) -> None:
-    folder = photos(tmp_path / "stopped", 10)
+    folder = photos(tmp_path / "stopped", 20, size=900)
     tab = open_tab(browser, comfy.url)
     load_example(tab, folder, subfolder="stopped", compress_level=9)
     record(tab)
     tab.get_by_role("button", name="Run").first.click()
-    watch(tab, lambda s: len(s["saver"]) > 0 and (s["badge"] or "").startswith("2/"))
+    watch(tab, lambda s: s["saver"] and (s["badge"] or "").split("/")[0] in ("2", "3", "4"))
     tab.evaluate("""() => window.app.graph.getNodeById(1).widgets
         .find(w => w.name === 'Stop batch').callback()""")
     tab.wait_for_timeout(3000)
     saved = sorted(p.name for p in (comfy.output / "stopped").glob("*.png"))
     tab.wait_for_timeout(2000)
     assert sorted(p.name for p in (comfy.output / "stopped").glob("*.png")) == saved
-    assert 2 <= len(saved) < 10
+    assert 2 <= len(saved) < 20
     assert tab.evaluate(SNAPSHOT)["badge"].startswith("stopped")

@@ -17,13 +17,28 @@ function executionStore() {
 }
 
 let lastWorkflow = null;
+const started = new Set();
 
 function adoptWorkflow(promptId) {
   const store = executionStore();
   if (!store || !promptId) return;
+  started.add(promptId);
+  if (started.size > 1000) started.delete(started.values().next().value);
   const queued = (store.queuedPrompts[promptId] ??= { nodes: {} });
   if (!queued.workflow && lastWorkflow) queued.workflow = lastWorkflow;
   lastWorkflow = queued.workflow ?? lastWorkflow;
+}
+
+// The frontend records a prompt it queued only once the POST answers, which can be after the
+// prompt already started (a fast first image): take its workflow then, for its children.
+function followQueuedPrompts() {
+  const store = executionStore();
+  store?.$onAction(({ name, args, after }) => {
+    if (name !== "storePrompt") return;
+    after(() => {
+      if (started.has(args[0]?.id)) lastWorkflow = args[0].workflow ?? lastWorkflow;
+    });
+  });
 }
 
 function loadersOf(batchId) {
@@ -121,6 +136,7 @@ app.registerExtension({
   },
 
   setup() {
+    followQueuedPrompts();
     api.addEventListener("execution_start", ({ detail }) => adoptWorkflow(detail?.prompt_id));
   },
 });
