@@ -1,21 +1,33 @@
-"""Command line: `python -m comfy_clientid_bridge demo`."""
+"""Command line: `python -m comfy_clientid_bridge demo|batch ...`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-from .demo import demo
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfy_clientid_bridge")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
-        "demo", help="run a naive re-queue loop on a real ComfyUI, with and without us"
+    demo = commands.add_parser(
+        "demo", help="start a local ComfyUI with this package and run the example batch"
     )
-    parser.parse_args(argv)
-    return demo()
+    demo.add_argument("--compare", action="store_true", help="also show the naive loop without us")
+    batch = commands.add_parser(
+        "batch", help="run a folder through a workflow on a running ComfyUI"
+    )
+    batch.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address")
+    batch.add_argument("--workflow", type=Path, required=True, help="API-format workflow (JSON)")
+    batch.add_argument("--folder", type=Path, required=True, help="the images to process")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import demo as run_demo
+
+        return run_demo(args.compare)
+    from .cli import batch as run_batch
+
+    return run_batch(args.server, args.workflow, args.folder)
 
 
 if __name__ == "__main__":

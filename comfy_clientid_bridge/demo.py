@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from .cli import run_batch as run_cli_batch
 from .launcher import NAIVE_PACK, REPO, Comfy, Tab, find_comfyui, running_comfyui
 
 ITERATIONS = 4
@@ -117,28 +120,46 @@ def images_seen(run: BatchRun) -> int:
     return len([e for e in run.tab_a.of_type("executed") if e["node"] == "2"])
 
 
-async def _demo() -> int:
+def sample_images(folder: Path, count: int = 8) -> Path:
+    """Small gradient pictures to run the example batch on."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:256, 0:320]
+    for number in range(count):
+        pixels = np.stack([(x + 30 * number) % 256, y, (x + y) // 2 % 256], axis=-1)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"sample{number + 1}.png")
+    return folder
+
+
+async def _demo(compare: bool) -> int:
     found = find_comfyui()
     if isinstance(found, str):
         print(f"demo: {found}")  # noqa: T201 - a command-line report
         return 2
-    print(f"ComfyUI: {found[0]}")  # noqa: T201
-    for label, packs in (
-        ("without the bridge", [NAIVE_PACK]),
-        ("with the bridge", [REPO, NAIVE_PACK]),
-    ):
-        root = Path(tempfile.mkdtemp(prefix="clientid-bridge-demo-"))
-        with running_comfyui(root, packs=packs) as comfy:
-            for mode in ("uuid4", "none", "timer"):
-                run = await run_batch(comfy, mode)
-                leaked = len(run.tab_b.prompt_ids() & set(run.batch))
-                print(  # noqa: T201
-                    f"{label:>19}, re-queue with {mode:<5}: tab A saw {images_seen(run)} of "
-                    f"{len(run.batch)} images; tab B saw {leaked} of A's prompts"
-                )
-        print(f"{'':>19}  outputs: {root / 'output'}")  # noqa: T201
-    return 0
+    root = Path(tempfile.mkdtemp(prefix="clientid-bridge-demo-"))
+    folder = sample_images(root / "samples")
+    workflow = json.loads((REPO / "examples" / "batch_folder.api.json").read_text())
+    print(f"ComfyUI {found[0]}, starting with comfy_clientid_bridge ...")  # noqa: T201
+    with running_comfyui(root / "comfy", packs=[REPO, NAIVE_PACK]) as comfy:
+        print(f"Batch: examples/batch_folder.api.json over {folder}", flush=True)  # noqa: T201
+        status = await run_cli_batch(comfy.url, workflow, folder, out=sys.stdout)
+        print(f"outputs: {comfy.output / 'batch'}")  # noqa: T201
+        run = await run_batch(comfy, "uuid4")
+        print(  # noqa: T201
+            f"A pack re-queueing the naive way (fresh uuid4 client_id): the tab that started it "
+            f"saw {images_seen(run)} of {len(run.batch)} images"
+        )
+    if compare:
+        with running_comfyui(root / "plain", packs=[NAIVE_PACK]) as comfy:
+            run = await run_batch(comfy, "uuid4")
+            print(  # noqa: T201
+                f"The same without comfy_clientid_bridge: {images_seen(run)} of {len(run.batch)}"
+            )
+    print("ComfyUI shut down.")  # noqa: T201
+    return status
 
 
-def demo() -> int:
-    return asyncio.run(_demo())
+def demo(compare: bool = False) -> int:
+    return asyncio.run(_demo(compare))

@@ -35,13 +35,18 @@ INDEX = ("INT", {"forceInput": True})
 GRAPH_KEYS = ("class_type", "inputs", "_meta")
 
 
-def _blocked(halt: Halt, outputs: int) -> dict[str, Any]:
+def _blocked(halt: Halt, outputs: int, badge: str | None = None) -> dict[str, Any]:
     """No image this time: downstream nodes are skipped quietly, the node says why."""
     from comfy_execution.graph_utils import ExecutionBlocker
 
     logger.info("batch %s: %s", halt.batch_id, halt.message)
     return {
-        "ui": {"text": [halt.message], "batch_id": [halt.batch_id], "badge": [halt.message]},
+        "ui": {
+            "text": [halt.message],
+            "batch_id": [halt.batch_id],
+            "badge": [badge or halt.message],
+            "halted": [True],
+        },
         "result": tuple(ExecutionBlocker(None) for _ in range(outputs)),
     }
 
@@ -137,7 +142,10 @@ class BatchImageLoader:
                     else Halt(batch, f"done: {engine.finish(batch)}")
                 )
         if isinstance(claimed, Halt):
-            return _blocked(claimed, len(self.RETURN_TYPES))
+            # The end reached through unreadable files: the loader says "done" itself.
+            finished = claimed.message.startswith("done") and engine.status(batch) is not None
+            badge = engine.badge(batch) if finished else None
+            return _blocked(claimed, len(self.RETURN_TYPES), badge)
         _show_progress(unique_id, engine.status(batch) or {}, claimed)
         rel = Path(claimed.source)
         image = torch.from_numpy(rgb)[None]
