@@ -125,27 +125,14 @@ class BatchImageLoader:
         batch = source_batch_id(source, workflow_key(prompt, unique_id))
         prompt_id = comfy_server.executing_prompt_id()
         claimed = engine.begin(batch, source, cursor, prompt_id, unique_id)
-        while isinstance(claimed, Item):
-            try:
-                rgb, mask = load_image(claimed.path)
-                break
-            except UnreadableImage as error:
-                engine.record(batch, claimed.index, "unreadable", None, str(error))
-                if on_error == "stop":
-                    engine.stop(batch)
-                    raise RuntimeError(f"Batch Image Loader: {error}") from error
-                logger.warning("batch %s: skipping %s", batch, error)
-                following = engine.next_index(batch, claimed.index)
-                claimed = (
-                    engine.claim(batch, following, prompt_id)
-                    if following is not None
-                    else Halt(batch, f"done: {engine.finish(batch)}")
-                )
-        if isinstance(claimed, Halt):
+        loaded = _first_readable(engine, claimed, on_error, prompt_id)
+        if isinstance(loaded, Halt):
             # The end reached through unreadable files: the loader says "done" itself.
-            finished = claimed.message.startswith("done") and engine.status(batch) is not None
-            badge = engine.badge(batch) if finished else None
-            return _blocked(claimed, len(self.RETURN_TYPES), badge)
+            finished = loaded.message.startswith("done") and engine.status(batch) is not None
+            return _blocked(
+                loaded, len(self.RETURN_TYPES), engine.badge(batch) if finished else None
+            )
+        claimed, rgb, mask = loaded
         _show_progress(unique_id, engine.status(batch) or {}, claimed)
         rel = Path(claimed.source)
         image = torch.from_numpy(rgb)[None]
@@ -156,6 +143,27 @@ class BatchImageLoader:
         # batch_id in the UI payload: what a Stop button or an API client needs to stop it.
         ui = {"text": [text], "batch_id": [batch], "badge": [engine.badge(batch)]}
         return {"ui": ui, "result": result}
+
+
+def _first_readable(
+    engine: BatchEngine, claimed: Item | Halt, on_error: str, prompt_id: str | None
+) -> tuple[Item, Any, Any] | Halt:
+    """The claimed image, or the next readable one: unreadable files are reported on the way."""
+    while isinstance(claimed, Item):
+        try:
+            rgb, mask = load_image(claimed.path)
+            return claimed, rgb, mask
+        except UnreadableImage as error:
+            engine.record(claimed.batch_id, claimed.index, "unreadable", None, str(error))
+            if on_error == "stop":
+                engine.stop(claimed.batch_id)
+                raise RuntimeError(f"Batch Image Loader: {error}") from error
+            logger.warning("batch %s: skipping %s", claimed.batch_id, error)
+            following = engine.next_index(claimed.batch_id, claimed.index)
+            if following is None:
+                return Halt(claimed.batch_id, f"done: {engine.finish(claimed.batch_id)}")
+            claimed = engine.claim(claimed.batch_id, following, prompt_id)
+    return claimed
 
 
 def _source(
@@ -260,30 +268,29 @@ class BatchImageSaver:
             if target is None:
                 engine.record(batch_id, index, "skipped", rel.as_posix(), "output exists")
                 continue
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(
-                    target, encode_image(frame, format, quality, compress_level, prompt, workflow)
-                )
-            except OSError as error:
-                engine.record(batch_id, index, "failed", None, f"{target}: {error}")
-                engine.stop(batch_id)
-                raise RuntimeError(
-                    f"Batch Image Saver could not write {target}: {error}"
-                ) from error
+            data = encode_image(frame, format, quality, compress_level, prompt, workflow)
+            _write(engine, batch_id, index, target, data)
             written = target.relative_to(base).as_posix()
             engine.record(batch_id, index, "saved", written)
             saved.append(str(target))
-            if in_output:
+            if in_output:  # core's /view serves only ComfyUI's own folders
                 parent = Path(written).parent.as_posix()
+                subfolder_shown = "" if parent == "." else parent
                 shown.append(
-                    {
-                        "filename": target.name,
-                        "subfolder": "" if parent == "." else parent,
-                        "type": "output",
-                    }
+                    {"filename": target.name, "subfolder": subfolder_shown, "type": "output"}
                 )
         return {"ui": {"images": shown}, "result": (";".join(saved),)}
+
+
+def _write(engine: BatchEngine, batch: str, index: int, target: Path, data: bytes) -> None:
+    """Atomically, or the batch stops: a failed save is never reported as saved."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
+    except OSError as error:
+        engine.record(batch, index, "failed", None, f"{target}: {error}")
+        engine.stop(batch)
+        raise RuntimeError(f"Batch Image Saver could not write {target}: {error}") from error
 
 
 class BatchProgress:
