@@ -10,8 +10,11 @@ package without touching the checkout: a pytest plugin, written to a temp dir, a
 more `--extra-model-paths-config` (ComfyUI accepts several) whose `custom_nodes` folder holds a
 symlink to this repository. A symlink in the checkout's own custom_nodes would also be loaded
 by every other ComfyUI started from that checkout meanwhile (other people's control runs).
-The plugin also sends each server's output to a log, so we can show the bridge was loaded and
-that no traceback went through it, and kills any server a fixture left behind.
+The plugin also gives the suite's servers a temp folder of their own (in both runs): ComfyUI
+empties its temp folder on start and exit, so any other ComfyUI started from the same checkout
+meanwhile deletes the suite's preview images under it (seen as 404s on /view). It sends each
+server's output to a log, so we can show the bridge was loaded and that no traceback went
+through it, and it kills any server a fixture left behind.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import subprocess
 
 _EXTRA = os.environ.get("CIB_SUITE_EXTRA_CONFIG", "")
 _LOGS = os.environ["CIB_SUITE_LOG_DIR"]
+_TEMP = os.environ["CIB_SUITE_TEMP_DIR"]
 _started = []
 _Popen = subprocess.Popen
 
@@ -46,6 +50,7 @@ _Popen = subprocess.Popen
 class _ServerPopen(_Popen):
     def __init__(self, args, *rest, **kwargs):
         if isinstance(args, list) and args[:2] == ["python", "main.py"]:
+            args = [*args, "--temp-directory", _TEMP]
             if _EXTRA:
                 args = [*args, "--extra-model-paths-config", _EXTRA]
             log = open(os.path.join(_LOGS, f"server-{len(_started)}.log"), "wb")
@@ -122,6 +127,7 @@ def run_suite(
         "PYTHONPATH": str(work / "plugin"),
         "CIB_SUITE_LOG_DIR": str(work / "logs"),
         "CIB_SUITE_EXTRA_CONFIG": "",
+        "CIB_SUITE_TEMP_DIR": str(work),
     }
     if with_bridge:
         nodes = work / "custom_nodes"
@@ -186,7 +192,7 @@ def main() -> int:
     print(f"{'':<28}" + "".join(f"{run.label:>14}" for run in runs))
     for key in ("passed", "failed", "error", "skipped"):
         print(f"{key:<28}" + "".join(f"{run.counts[key]:>14}" for run in runs))
-    rows = {
+    rows: dict[str, list[float]] = {
         "servers started": [run.servers for run in runs],
         "servers with bridge loaded": [run.bridge_loaded for run in runs],
         "tracebacks through bridge": [run.bridge_tracebacks for run in runs],
