@@ -55,7 +55,7 @@ def median_us(registry: SelfConnections, peer: object, here: object) -> float:
 def lookup_costs() -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(256)
+    listener.listen(512)
     port = listener.getsockname()[1]
     outside = subprocess.Popen(
         [sys.executable, "-c", OUTSIDE, str(port), str(TABS)],
@@ -69,7 +69,7 @@ def lookup_costs() -> None:
     registry.watch_port(port)
     own: list[tuple[socket.socket, socket.socket]] = []
     print(f"lookup, {TABS} open connections from another process (median of {REPEATS}):")
-    for count in (0, 1, 8):
+    for count in (0, 1, 8, 64, 200):
         while len(own) < count:
             client = socket.create_connection(("127.0.0.1", port))
             own.append((client, listener.accept()[0]))

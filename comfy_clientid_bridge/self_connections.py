@@ -44,6 +44,10 @@ class SelfConnections:
     http.client, aiohttp, websocket-client all go through it). A request whose TCP peer
     is the local end of one of these sockets was made from inside this process: a fact
     read from the two ends of one connection, not a guess from headers.
+
+    Sockets are indexed by their local address once connected, so a lookup costs one
+    dict probe however many keep-alive connections the process holds, and two system
+    calls only when it matches (to check the socket still is that connection).
     """
 
     def __init__(self, *, max_tracked: int = MAX_TRACKED) -> None:
@@ -51,13 +55,17 @@ class SelfConnections:
             raise ValueError(f"max_tracked must be >= 1, got {max_tracked!r}")
         self._max_tracked = max_tracked
         self._ports: frozenset[int] = frozenset()
-        self._tracked: dict[int, tuple[weakref.ref[socket.socket], str]] = {}
+        self._connecting: dict[int, _Entry] = {}  # recorded, ends not known yet
+        self._by_local: dict[Address, _Entry] = {}  # connected: local address -> entry
         self._lock = threading.Lock()
         self._hooked = False
 
     @property
     def ports(self) -> frozenset[int]:
         return self._ports
+
+    def __len__(self) -> int:
+        return len(self._connecting) + len(self._by_local)
 
     def watch_port(self, port: int) -> None:
         """Track connections to `port`; installs the audit hook on first use."""
@@ -76,33 +84,53 @@ class SelfConnections:
         target = normalize(address)
         if target is None or target[1] not in self._ports:
             return
-        entry = (weakref.ref(sock), threading.current_thread().name)
+        entry = _Entry(weakref.ref(sock), threading.current_thread().name)
         with self._lock:
-            self._tracked[id(sock)] = entry
-            if len(self._tracked) > self._max_tracked:
-                del self._tracked[next(iter(self._tracked))]
+            self._connecting[id(sock)] = entry
+            while len(self) > self._max_tracked:
+                self._evict_oldest()
 
     def lookup(self, peername: object, sockname: object) -> SelfConnection | None:
         """The tracked socket at the other end of the connection (`peername` -> `sockname`)."""
-        if not self._tracked:
+        if not self._connecting and not self._by_local:
             return None
         peer, here = normalize(peername), normalize(sockname)
         if peer is None or here is None:
             return None
-        with self._lock:
-            entries = list(self._tracked.items())
-        for key, (ref, thread_name) in entries:
-            ends = _ends(ref())
-            if ends is None:
-                self._forget(key, ref)
-            elif ends == (peer, here):
-                return SelfConnection(local=peer, remote=here, thread_name=thread_name)
-        return None
+        if self._connecting:
+            self._settle()
+        entry = self._by_local.get(peer)
+        if entry is None:
+            return None
+        if _ends(entry.ref()) != (peer, here):  # closed, or its port reused since
+            with self._lock:
+                if self._by_local.get(peer) is entry:
+                    del self._by_local[peer]
+            return None
+        return SelfConnection(local=peer, remote=here, thread_name=entry.thread_name)
 
-    def _forget(self, key: int, ref: weakref.ref[socket.socket]) -> None:
+    def _settle(self) -> None:
+        """Moves sockets whose connect completed into the index by local address."""
         with self._lock:
-            if self._tracked.get(key, (None,))[0] is ref:
-                del self._tracked[key]
+            for key, entry in list(self._connecting.items()):
+                ends = _ends(entry.ref())
+                if ends is None:
+                    del self._connecting[key]
+                elif ends[0] is not None and ends[1] is not None:
+                    del self._connecting[key]
+                    self._by_local[ends[0]] = entry
+
+    def _evict_oldest(self) -> None:
+        # Caller holds the lock. Connecting ones first: a connect to loopback that has not
+        # completed by now most likely failed.
+        table: dict[Any, _Entry] = self._connecting if self._connecting else self._by_local
+        del table[next(iter(table))]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    ref: weakref.ref[socket.socket]
+    thread_name: str
 
 
 def _ends(sock: socket.socket | None) -> tuple[Address | None, Address | None] | None:

@@ -63,14 +63,14 @@ def test_closed_sockets_are_forgotten(listener: socket.socket) -> None:
     peer, here = accepted.getpeername(), accepted.getsockname()
     client.close()
     assert registry.lookup(peer, here) is None
-    assert not registry._tracked
+    assert len(registry) == 0
     accepted.close()
 
 
 def test_tracking_is_bounded(listener: socket.socket) -> None:
     registry = SelfConnections(max_tracked=2)
     pairs = [connect(registry, listener) for _ in range(3)]
-    assert len(registry._tracked) == 2
+    assert len(registry) == 2
     for client, accepted in pairs:
         client.close(), accepted.close()
 
