@@ -436,9 +436,7 @@ def main() -> int:
             servers: dict[str, Comfy] = {}
             for label, packs in (("without", []), ("with", [REPO])):
                 root = base / label
-                servers[label] = stack.enter_context(
-                    running_comfyui(root, packs=packs, extra_args=("--temp-directory", str(root)))
-                )
+                servers[label] = stack.enter_context(running_comfyui(root, packs=packs))
             print(f"servers up in {time.monotonic() - started:.0f} s:")
             print(f"  without: {servers['without'].url} (no custom node pack)")
             print(f"  with:    {servers['with'].url} (this package)")
@@ -448,9 +446,7 @@ def main() -> int:
         probe.mkdir(parents=True)
         (probe / "__init__.py").write_text(PROBE_PACK)
         root = base / "probe"
-        with running_comfyui(
-            root, packs=[REPO, probe], extra_args=("--temp-directory", str(root))
-        ) as comfy:
+        with running_comfyui(root, packs=[REPO, probe]) as comfy:
             asyncio.run(check_cost(comfy, options.scale))
     print(f"\ntotal {time.monotonic() - started:.0f} s")
     return 0

@@ -30,10 +30,15 @@ class Decision:
 
 @dataclass(slots=True)
 class Pending:
-    """One programmatic request in flight: set by the middleware, read by on_prompt."""
+    """One POST /prompt in flight: set by the middleware, filled by on_prompt.
 
-    connection: SelfConnection
+    `connection` is the fact that node code of this process made it (None otherwise);
+    `record` is what the ledger took of it, settled once ComfyUI has answered.
+    """
+
+    connection: SelfConnection | None = None
     decision: Decision | None = None
+    record: PromptRecord | None = None
 
 
 # The middleware and ComfyUI's on-prompt handlers run in the same task, so a context
@@ -41,9 +46,14 @@ class Pending:
 PENDING: ContextVar[Pending | None] = ContextVar("clientid_bridge_pending", default=None)
 
 
+def printable(text: str | None) -> str | None:
+    """Ids as a log file can hold them: JSON allows lone surrogates, UTF-8 files do not."""
+    return None if text is None else text.encode("ascii", "backslashreplace").decode("ascii")
+
+
 def short(client_id: str | None) -> str | None:
     """Enough of a client id to tell tabs apart in logs, not enough to take one over."""
-    return None if client_id is None else client_id[:8]
+    return None if client_id is None else printable(client_id[:8])
 
 
 @dataclass
@@ -68,37 +78,50 @@ class Bridge:
     def on_prompt(self, json_data: Any) -> Any:
         """ComfyUI on-prompt handler: returns the (possibly rewritten) request JSON."""
         self.counts["submissions"] += 1
-        pending = PENDING.get()
-        if pending is None:
+        pending = PENDING.get() or Pending()  # no middleware: nothing to settle later
+        if pending.connection is None:
             if _well_formed(json_data):
-                self.ledger.add(_record(json_data))
+                pending.record = _record(json_data)
+                self.ledger.add(pending.record)
             return json_data
         self.counts["programmatic"] += 1
-        pending.decision = self.decide(json_data, pending.connection)
+        pending.decision, pending.record = self.decide(json_data, pending.connection)
         self.counts[pending.decision.action] += 1
         return json_data
 
-    def decide(self, json_data: Any, connection: SelfConnection) -> Decision:
-        """Rewrites `json_data` in place when it belongs to a known tab."""
+    def settle(self, pending: Pending, status: int, prompt_id: str | None) -> None:
+        """ComfyUI answered: a refused prompt leaves the ledger, an accepted one gets its id."""
+        if pending.record is not None:
+            if status == 200:
+                pending.record.prompt_id = prompt_id
+            else:
+                self.ledger.discard(pending.record)
+        if pending.connection is not None:
+            self.report(pending, prompt_id, status)
+
+    def decide(
+        self, json_data: Any, connection: SelfConnection
+    ) -> tuple[Decision, PromptRecord | None]:
+        """Rewrites `json_data` in place when it belongs to a known tab; the ledger's record."""
         if not _well_formed(json_data):
-            return Decision("untouched", "malformed body: left to ComfyUI")
+            return Decision("untouched", "malformed body: left to ComfyUI"), None
         child = _record(json_data)
         if child.client_id is not None and self.is_connected(child.client_id):
             self.ledger.add(child)
-            return Decision("keep", "names a connected client", child.client_id)
+            return Decision("keep", "names a connected client", child.client_id), child
         origin, how = self._origin(child, connection)
+        self.ledger.add(child)  # after the search: a prompt is not its own origin
         if origin is None:
-            self.ledger.add(child)
-            return Decision("untouched", "no origin prompt found")
+            return Decision("untouched", "no origin prompt found"), child
         child.step = changed_widgets(origin, child)
         if origin.client_id is None:
-            self.ledger.add(child)
-            return Decision("untouched", f"origin ({how}) has no client", None, origin.prompt_id)
+            reason = f"origin ({how}) has no client"
+            return Decision("untouched", reason, None, origin.prompt_id), child
         why = "stale client_id" if child.client_id is not None else "no client_id"
         json_data["client_id"] = child.client_id = origin.client_id
         child.extra_pnginfo = _carry_workflow(json_data, origin)
-        self.ledger.add(child)
-        return Decision("rewrite", f"{why}; origin by {how}", origin.client_id, origin.prompt_id)
+        reason = f"{why}; origin by {how}"
+        return Decision("rewrite", reason, origin.client_id, origin.prompt_id), child
 
     def _origin(
         self, child: PromptRecord, connection: SelfConnection
@@ -114,28 +137,28 @@ class Bridge:
 
     def report(self, pending: Pending, prompt_id: str | None, status: int) -> None:
         """Logs and keeps one line per programmatic decision, once the response is known."""
-        decision = pending.decision
-        if decision is None:  # ComfyUI rejected the body before the on-prompt handlers
+        decision, connection = pending.decision, pending.connection
+        if decision is None or connection is None:  # ComfyUI refused the body before us
             return
         entry = {
             "at": round(time.time(), 3),
             "action": decision.action,
             "reason": decision.reason,
-            "prompt_id": prompt_id,
+            "prompt_id": printable(prompt_id),
             "status": status,
             "client": short(decision.client_id),
-            "origin_prompt_id": decision.origin_prompt_id,
-            "thread": pending.connection.thread_name,
+            "origin_prompt_id": printable(decision.origin_prompt_id),
+            "thread": connection.thread_name,
         }
         self.recent.append(entry)
         level = logging.INFO if decision.action == "rewrite" else logging.DEBUG
         logger.log(
             level,
             "clientid_bridge: prompt %s %s -> client %s (origin %s; %s)",
-            prompt_id,
+            entry["prompt_id"],
             decision.action,
             entry["client"],
-            decision.origin_prompt_id,
+            entry["origin_prompt_id"],
             decision.reason,
         )
 

@@ -106,14 +106,28 @@ async def run_batch(comfy: Comfy, mode: str) -> BatchRun:
         await post(session, comfy.url, body)
         await asyncio.sleep(0.1)
         outside = await post(session, comfy.url, {"prompt": single_graph(f"OUT_{prefix}")})
-        await wait_idle(session, comfy.url)
-        await asyncio.sleep(0.3)
-        async with session.get(f"{comfy.url}/history?max_items=200") as response:
-            entries = await response.json()
+        entries = await _settled_history(session, comfy.url, prefix)
         for tab in (tab_a, tab_b):
             await tab.close()
         await asyncio.gather(*listeners, return_exceptions=True)
     return BatchRun(tab_a, tab_b, outside, prompts_saving(entries, prefix), prefix)
+
+
+async def _settled_history(
+    session: aiohttp.ClientSession, url: str, prefix: str, timeout: float = 90
+) -> dict[str, Any]:
+    """History once the loop has run all its iterations: an idle queue is not enough, a
+    timer-mode re-queue leaves it empty for 0.2 s between iterations."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        await wait_idle(session, url)
+        async with session.get(f"{url}/history?max_items=200") as response:
+            entries: dict[str, Any] = await response.json()
+        if len(prompts_saving(entries, prefix)) >= ITERATIONS:
+            return entries
+        if asyncio.get_running_loop().time() > deadline:
+            return entries  # the caller's assertions say what is missing
+        await asyncio.sleep(0.3)
 
 
 def images_seen(run: BatchRun) -> int:

@@ -92,6 +92,9 @@ def running_comfyui(
         str(root / "input"),
         "--user-directory",
         str(root / "user"),
+        # ComfyUI empties <temp>/temp at start and exit: not the checkout's shared one.
+        "--temp-directory",
+        str(root),
         "--extra-model-paths-config",
         str(config),
         "--database-url",

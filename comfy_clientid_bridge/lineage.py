@@ -10,10 +10,15 @@ Scalar = str | int | float | bool | None
 WidgetKey = tuple[str, str]  # (node id, input name)
 
 
-class PromptRecord:
-    """What the bridge remembers of one prompt: its tab, workflow, graph and loop step."""
+# Longer widget values (prompt texts, inline images) are kept as a hash: the ledger holds
+# what lineage compares, never whole request bodies.
+MAX_KEPT_VALUE = 256
 
-    __slots__ = ("client_id", "prompt_id", "graph", "extra_pnginfo", "step", "_shape", "_widgets")
+
+class PromptRecord:
+    """What the bridge remembers of one prompt: its tab, workflow, graph shape and loop step."""
+
+    __slots__ = ("client_id", "prompt_id", "extra_pnginfo", "step", "shape", "widgets")
 
     def __init__(
         self,
@@ -26,40 +31,29 @@ class PromptRecord:
     ) -> None:
         self.client_id = client_id
         self.prompt_id = prompt_id
-        self.graph = graph
         self.extra_pnginfo = extra_pnginfo
         # The widgets its parent changed to make it; None when it starts a chain.
         self.step = step
-        self._shape: frozenset[tuple[str, str]] | None = None
-        self._widgets: dict[WidgetKey, Scalar] | None = None
-
-    @property
-    def shape(self) -> frozenset[tuple[str, str]]:
-        """The graph's (node id, class_type) pairs: what a re-queue copies unchanged."""
-        if self._shape is None:
-            self._shape = frozenset(
-                (str(node_id), str(node.get("class_type")))
-                for node_id, node in self.graph.items()
-                if isinstance(node, Mapping)
-            )
-        return self._shape
-
-    @property
-    def widgets(self) -> dict[WidgetKey, Scalar]:
-        """Widget values; links and nested values say nothing about lineage."""
-        if self._widgets is None:
-            self._widgets = scalar_widgets(self.graph)
-        return self._widgets
+        # The graph's (node id, class_type) pairs: what a re-queue copies unchanged.
+        self.shape = frozenset(
+            (str(node_id), str(node.get("class_type")))
+            for node_id, node in graph.items()
+            if isinstance(node, Mapping)
+        )
+        self.widgets = scalar_widgets(graph)
 
 
 def scalar_widgets(graph: Mapping[str, Any]) -> dict[WidgetKey, Scalar]:
+    """Widget values; links and nested values say nothing about lineage."""
     found: dict[WidgetKey, Scalar] = {}
     for node_id, node in graph.items():
         inputs = node.get("inputs") if isinstance(node, Mapping) else None
         if not isinstance(inputs, Mapping):
             continue
         for name, value in inputs.items():
-            if value is None or isinstance(value, str | int | float | bool):
+            if isinstance(value, str) and len(value) > MAX_KEPT_VALUE:
+                found[(str(node_id), str(name))] = f"#{hash(value)}"
+            elif value is None or isinstance(value, str | int | float | bool):
                 found[(str(node_id), str(name))] = value
     return found
 
@@ -109,6 +103,13 @@ class Ledger:
 
     def add(self, record: PromptRecord) -> None:
         self._records.append(record)
+
+    def discard(self, record: PromptRecord) -> None:
+        """Forgets a submission ComfyUI refused: it never ran, so it is nobody's origin."""
+        try:
+            self._records.remove(record)
+        except ValueError:  # already pushed out by newer ones
+            pass
 
     def newest_first(self) -> list[PromptRecord]:
         return list(reversed(self._records))

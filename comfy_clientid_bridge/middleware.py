@@ -43,15 +43,14 @@ def clientid_bridge_middleware(
         if here is not None and here[1] not in connections.ports:
             connections.watch_port(here[1])  # learn the port we actually serve on
         connection = connections.lookup(transport.get_extra_info("peername"), sockname)
-        if connection is None:  # a browser, an outside script or a remote client
-            return await handler(request)
-        pending = Pending(connection)
+        pending = Pending(connection)  # connection None: a browser, a script, a remote client
         token = PENDING.set(pending)
         try:
             response = await handler(request)
         finally:
             PENDING.reset(token)
-        bridge.report(pending, _prompt_id(response), response.status)
+        accepted = response.status == 200
+        bridge.settle(pending, response.status, _prompt_id(response) if accepted else None)
         return response
 
     setattr(clientid_bridge, MARKER, True)

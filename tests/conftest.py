@@ -82,6 +82,8 @@ def create_app(comfy: FakeComfy, *, bridge_on: bool = True) -> web.Application:
         comfy.received.append(json_data)
         if not isinstance(json_data, dict) or "prompt" not in json_data:
             return web.json_response({"error": "no_prompt"}, status=400)
+        if "reject" in json.dumps(json_data["prompt"]):  # plays a prompt that fails validation
+            return web.json_response({"error": "invalid_prompt"}, status=400)
         return web.json_response({"prompt_id": f"p{len(comfy.received)}", "number": 0})
 
     async def get_queue(request: web.Request) -> web.Response:

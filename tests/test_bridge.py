@@ -99,6 +99,28 @@ async def test_timer_after_node_returned_follows_its_graph_not_the_running_promp
     await post_from_thread(url, {"prompt": graph(1, "tabA")}, thread_name="Thread-7", delay=0.1)
 
     assert comfy_of(comfy_server).received[-1]["client_id"] == TAB_A
+    assert bridge_of(comfy_server).recent[-1]["origin_prompt_id"] == "p1"  # A's, as answered
+
+
+async def test_a_refused_submission_is_nobodys_origin(comfy_server: TestServer) -> None:
+    url = str(comfy_server.make_url("/prompt"))
+    await post_from_outside(url, {"prompt": graph(0, "reject"), "client_id": TAB_A})
+    status, _ = await post_from_outside(url, {"prompt": graph(0, "reject"), "client_id": TAB_B})
+    assert status == 400
+    assert len(bridge_of(comfy_server).ledger) == 0  # what ComfyUI refused is forgotten
+
+
+async def test_an_unencodable_client_id_is_logged_escaped(
+    comfy_server: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON allows lone surrogates; a UTF-8 log file does not."""
+    odd = "\udfffodd-tab-id"
+    comfy_of(comfy_server).running = running(odd)
+    with caplog.at_level(logging.INFO, logger="comfy_clientid_bridge"):
+        await post_from_thread(str(comfy_server.make_url("/prompt")), {"prompt": graph(1)})
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    line.encode("utf-8")  # raises if the surrogate got through
+    assert "\\udfffodd" in line
 
 
 async def test_chain_iteration_inherits_from_the_previous_iteration(

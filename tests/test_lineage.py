@@ -70,7 +70,7 @@ def test_ledger_is_bounded_and_newest_first() -> None:
     ledger = Ledger(size=3)
     for index in range(5):
         ledger.add(record("A", index))
-    assert [r.graph["3"]["inputs"]["index"] for r in ledger.newest_first()] == [4, 3, 2]
+    assert [r.widgets[("3", "index")] for r in ledger.newest_first()] == [4, 3, 2]
 
 
 @pytest.mark.parametrize("size", [0, -1])
@@ -80,6 +80,25 @@ def test_ledger_size_must_be_positive(size: int) -> None:
 
 
 def test_changed_widgets_ignores_links_and_counts_added_keys() -> None:
-    parent, child = record("A", 0), record("A", 1)
-    child.graph["2"]["inputs"]["extra"] = 1
+    grown = graph(1, "p")
+    grown["2"]["inputs"]["extra"] = 1
+    parent, child = record("A", 0), PromptRecord(client_id="A", graph=grown)
     assert changed_widgets(parent, child) == {("1", "color"), ("3", "index"), ("2", "extra")}
+
+
+def test_a_discarded_record_is_no_origin() -> None:
+    """ComfyUI refused it (400): it never ran, so nothing descends from it."""
+    ledger, refused = Ledger(), record("B", 0, "b")
+    ledger.add(record("A", 0, "a"))
+    ledger.add(refused)
+    ledger.discard(refused)
+    ledger.discard(refused)  # twice is harmless
+    origin = closest_ancestor(record(None, 1, "b"), ledger.newest_first())
+    assert origin is not None and origin.client_id == "A"
+
+
+def test_long_values_are_kept_as_hashes_not_copies() -> None:
+    text = "x" * 100_000
+    kept = PromptRecord(client_id=None, graph={"1": {"class_type": "T", "inputs": {"text": text}}})
+    assert kept.widgets[("1", "text")] == f"#{hash(text)}"
+    assert not hasattr(kept, "graph")

@@ -39,9 +39,7 @@ def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
     root = tmp_path_factory.mktemp("isolation")
     # Its own temp folder: ComfyUI empties its temp folder on start and exit, and the
     # checkout's one is shared with every other ComfyUI started from it.
-    with running_comfyui(
-        root, packs=[REPO, NAIVE_PACK], extra_args=("--temp-directory", str(root))
-    ) as comfy:
+    with running_comfyui(root, packs=[REPO, NAIVE_PACK]) as comfy:
         yield comfy
 
 
