@@ -87,8 +87,8 @@ class SelfConnections:
         entry = _Entry(weakref.ref(sock), threading.current_thread().name)
         with self._lock:
             self._connecting[id(sock)] = entry
-            while len(self) > self._max_tracked:
-                self._evict_oldest()
+            if len(self) > self._max_tracked:
+                self._make_room()
 
     def lookup(self, peername: object, sockname: object) -> SelfConnection | None:
         """The tracked socket at the other end of the connection (`peername` -> `sockname`)."""
@@ -120,11 +120,20 @@ class SelfConnections:
                     del self._connecting[key]
                     self._by_local[ends[0]] = entry
 
-    def _evict_oldest(self) -> None:
-        # Caller holds the lock. Connecting ones first: a connect to loopback that has not
-        # completed by now most likely failed.
-        table: dict[Any, _Entry] = self._connecting if self._connecting else self._by_local
-        del table[next(iter(table))]
+    def _make_room(self) -> None:
+        """Caller holds the lock. Closed sockets go first (a connection's entry stays in the
+        index until then), then the oldest connected ones; never the one just recorded."""
+        for table in (self._connecting, self._by_local):
+            for key in [key for key, entry in table.items() if _closed(entry.ref())]:
+                del table[key]  # type: ignore[arg-type]
+        while len(self) > self._max_tracked and self._by_local:
+            del self._by_local[next(iter(self._by_local))]
+        while len(self) > self._max_tracked:
+            del self._connecting[next(iter(self._connecting))]
+
+
+def _closed(sock: socket.socket | None) -> bool:
+    return sock is None or sock.fileno() == -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,3 +93,13 @@ def test_normalize(address: object, expected: object) -> None:
 def test_max_tracked_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_tracked"):
         SelfConnections(max_tracked=0)
+
+
+def test_many_short_connections_never_crowd_out_the_new_one(listener: socket.socket) -> None:
+    """Closed connections leave the index first: request 1,000 is as ours as request 1."""
+    registry = SelfConnections(max_tracked=4)
+    for _ in range(10):
+        client, accepted = connect(registry, listener)
+        assert registry.lookup(accepted.getpeername(), accepted.getsockname()) is not None
+        client.close(), accepted.close()
+    assert len(registry) <= 4
