@@ -39,6 +39,7 @@ class Pending:
     connection: SelfConnection | None = None
     decision: Decision | None = None
     record: PromptRecord | None = None
+    submitted: dict[str, Any] | None = None  # a tab's well-formed body, remembered if accepted
 
 
 # The middleware and ComfyUI's on-prompt handlers run in the same task, so a context
@@ -78,26 +79,37 @@ class Bridge:
     def on_prompt(self, json_data: Any) -> Any:
         """ComfyUI on-prompt handler: returns the (possibly rewritten) request JSON."""
         self.counts["submissions"] += 1
-        pending = PENDING.get() or Pending()  # no middleware: nothing to settle later
-        if pending.connection is None:
-            if _well_formed(json_data):
-                pending.record = _record(json_data)
-                self.ledger.add(pending.record)
+        pending = PENDING.get()
+        if pending is None or pending.connection is None:
+            if not _well_formed(json_data):
+                return json_data
+            if pending is None:  # no middleware to settle it later: remember it now
+                self.ledger.add(_record(json_data))
+            else:
+                pending.submitted = json_data
             return json_data
         self.counts["programmatic"] += 1
         pending.decision, pending.record = self.decide(json_data, pending.connection)
         self.counts[pending.decision.action] += 1
         return json_data
 
-    def settle(self, pending: Pending, status: int, prompt_id: str | None) -> None:
-        """ComfyUI answered: a refused prompt leaves the ledger, an accepted one gets its id."""
-        if pending.record is not None:
-            if status == 200:
-                pending.record.prompt_id = prompt_id
-            else:
-                self.ledger.discard(pending.record)
+    def settle(self, pending: Pending, status: int, prompt_id_of: Callable[[], str | None]) -> None:
+        """ComfyUI answered. Node code's request: its record gets the prompt id, or leaves
+        the ledger if refused, and its decision is reported. A tab's accepted prompt is
+        remembered; refused ones never are."""
+        accepted = status == 200
         if pending.connection is not None:
+            prompt_id = prompt_id_of() if accepted else None
+            if pending.record is not None:
+                if accepted:
+                    pending.record.prompt_id = prompt_id
+                else:
+                    self.ledger.discard(pending.record)
             self.report(pending, prompt_id, status)
+        elif accepted and pending.submitted is not None:
+            # A tab's accepted prompt: kept as it is, compared (and its id read) only if a
+            # re-queue from a thread ever needs its lineage.
+            self.ledger.add(_record(pending.submitted, prompt_id_of))
 
     def decide(
         self, json_data: Any, connection: SelfConnection
@@ -179,7 +191,9 @@ def _well_formed(json_data: Any) -> bool:
     return (client_id is None or isinstance(client_id, str)) and isinstance(extra, dict)
 
 
-def _record(json_data: dict[str, Any]) -> PromptRecord:
+def _record(
+    json_data: dict[str, Any], prompt_id_of: Callable[[], str | None] | None = None
+) -> PromptRecord:
     """A well-formed submission as the ledger keeps it (never its other extra_data keys)."""
     pnginfo = json_data.get("extra_data", {}).get(CARRIED_KEY)
     prompt_id = json_data.get("prompt_id")
@@ -188,6 +202,7 @@ def _record(json_data: dict[str, Any]) -> PromptRecord:
         graph=json_data["prompt"],
         extra_pnginfo=pnginfo if isinstance(pnginfo, Mapping) else None,
         prompt_id=prompt_id if isinstance(prompt_id, str) else None,
+        prompt_id_of=prompt_id_of,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Scalar = str | int | float | bool | None
@@ -16,9 +16,22 @@ MAX_KEPT_VALUE = 256
 
 
 class PromptRecord:
-    """What the bridge remembers of one prompt: its tab, workflow, graph shape and loop step."""
+    """What the bridge remembers of one prompt: its tab, workflow, graph shape and loop step.
 
-    __slots__ = ("client_id", "prompt_id", "extra_pnginfo", "step", "shape", "widgets")
+    The comparable parts (shape, widgets) are worked out on first use, then the graph is let
+    go: a tab's submission costs the request path nothing, and only lineage pays.
+    """
+
+    __slots__ = (
+        "client_id",
+        "extra_pnginfo",
+        "step",
+        "_prompt_id",
+        "_prompt_id_of",
+        "_graph",
+        "_shape",
+        "_widgets",
+    )
 
     def __init__(
         self,
@@ -27,20 +40,49 @@ class PromptRecord:
         graph: Mapping[str, Any],
         extra_pnginfo: Mapping[str, Any] | None = None,
         prompt_id: str | None = None,
+        prompt_id_of: Callable[[], str | None] | None = None,
         step: frozenset[WidgetKey] | None = None,
     ) -> None:
         self.client_id = client_id
-        self.prompt_id = prompt_id
         self.extra_pnginfo = extra_pnginfo
         # The widgets its parent changed to make it; None when it starts a chain.
         self.step = step
-        # The graph's (node id, class_type) pairs: what a re-queue copies unchanged.
-        self.shape = frozenset(
+        self._prompt_id, self._prompt_id_of = prompt_id, prompt_id_of
+        self._graph: Mapping[str, Any] | None = graph
+        self._shape: frozenset[tuple[str, str]] | None = None
+        self._widgets: dict[WidgetKey, Scalar] | None = None
+
+    @property
+    def prompt_id(self) -> str | None:
+        if self._prompt_id is None and self._prompt_id_of is not None:
+            self._prompt_id, self._prompt_id_of = self._prompt_id_of(), None
+        return self._prompt_id
+
+    @prompt_id.setter
+    def prompt_id(self, value: str | None) -> None:
+        self._prompt_id, self._prompt_id_of = value, None
+
+    @property
+    def shape(self) -> frozenset[tuple[str, str]]:
+        """The graph's (node id, class_type) pairs: what a re-queue copies unchanged."""
+        if self._shape is None:
+            self._shape, self._widgets = self._compare_parts()
+        return self._shape
+
+    @property
+    def widgets(self) -> dict[WidgetKey, Scalar]:
+        if self._widgets is None:
+            self._shape, self._widgets = self._compare_parts()
+        return self._widgets
+
+    def _compare_parts(self) -> tuple[frozenset[tuple[str, str]], dict[WidgetKey, Scalar]]:
+        graph, self._graph = self._graph or {}, None  # the request body is not kept
+        shape = frozenset(
             (str(node_id), str(node.get("class_type")))
             for node_id, node in graph.items()
             if isinstance(node, Mapping)
         )
-        self.widgets = scalar_widgets(graph)
+        return shape, scalar_widgets(graph)
 
 
 def scalar_widgets(graph: Mapping[str, Any]) -> dict[WidgetKey, Scalar]:

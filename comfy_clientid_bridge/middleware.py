@@ -49,8 +49,7 @@ def clientid_bridge_middleware(
             response = await handler(request)
         finally:
             PENDING.reset(token)
-        accepted = response.status == 200
-        bridge.settle(pending, response.status, _prompt_id(response) if accepted else None)
+        bridge.settle(pending, response.status, lambda: _prompt_id(response))
         return response
 
     setattr(clientid_bridge, MARKER, True)

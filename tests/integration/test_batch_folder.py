@@ -238,3 +238,18 @@ async def test_two_tabs_starting_the_same_batch_process_each_image_once(
         await wait_idle(session, comfy.url, timeout=120)
     outputs = sorted(p.name for p in (comfy.output / "twice").glob("*.png"))
     assert outputs == [f"c{number:02}_out.png" for number in range(6)]  # no _1 copies
+
+
+async def test_an_image_batch_is_saved_one_file_each(comfy: Comfy, tmp_path: Path) -> None:
+    """B > 1 (here core RepeatImageBatch makes 2 of each): one file per image, `_0`, `_1`."""
+    folder = tmp_path / "repeat"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / name)
+    graph = batch_graph(folder, subfolder="repeat")
+    graph["5"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 2}}
+    graph["2"]["inputs"]["images"] = ["5", 0]
+    tab_a, _ = await run(comfy, graph)
+    outputs = sorted(p.name for p in (comfy.output / "repeat").glob("*.png"))
+    assert outputs == ["a_out_0.png", "a_out_1.png", "b_out_0.png", "b_out_1.png"]
+    assert len(saver_images(tab_a)) == 4

@@ -164,6 +164,8 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     counts = [int(b.split("/")[0]) for b in badges if not b.startswith("done")]
     assert counts == sorted(counts) and len(set(counts)) >= 3  # the badge counts up
     assert badges[-1] == f"done: {IMAGES} saved, 0 skipped"
+    toast = tab_a.locator(".p-toast-message", has_text="Batch done")
+    assert toast.count() == 1 and f"{IMAGES} saved" in toast.inner_text()
     assert not any("_out" in name for s in other for name in s["all"])  # B never shows A's
     assert shot_taken
 
@@ -195,6 +197,19 @@ def test_outputs_stay_on_their_workflow_across_workflow_tabs(
     assert tab.evaluate(SNAPSHOT)["saver"] == before
 
 
+# Where the loader's "Stop batch" button is drawn, in page pixels: the node's position plus
+# the widget's offset, through the canvas transform (LiteGraph's DragAndScale).
+STOP_BUTTON = """() => {
+  const node = window.app.graph.getNodeById(1);
+  const widget = node.widgets.find(w => w.name === 'Stop batch');
+  const y = widget.last_y ?? widget.y;
+  const point = window.app.canvas.ds.convertOffsetToCanvas(
+    [node.pos[0] + node.size[0] / 2, node.pos[1] + y + 10]);
+  const box = window.app.canvas.canvas.getBoundingClientRect();
+  return [box.left + point[0], box.top + point[1]];
+}"""
+
+
 def test_stop_button_stops_the_batch(comfy: Comfy, browser: Any, tmp_path: Path) -> None:
     folder = photos(tmp_path / "stopped", 20, size=900)
     tab = open_tab(browser, comfy.url)
@@ -202,8 +217,8 @@ def test_stop_button_stops_the_batch(comfy: Comfy, browser: Any, tmp_path: Path)
     record(tab)
     tab.get_by_role("button", name="Run").first.click()
     watch(tab, lambda s: s["saver"] and (s["badge"] or "").split("/")[0] in ("2", "3", "4"))
-    tab.evaluate("""() => window.app.graph.getNodeById(1).widgets
-        .find(w => w.name === 'Stop batch').callback()""")
+    x, y = tab.evaluate(STOP_BUTTON)
+    tab.mouse.click(x, y)  # a real click on the canvas, where the button is drawn
     tab.wait_for_timeout(3000)
     saved = sorted(p.name for p in (comfy.output / "stopped").glob("*.png"))
     tab.wait_for_timeout(2000)
