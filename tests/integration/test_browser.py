@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = REPO / "docs"
+# The README's screenshots come from this test: CIB_UPDATE_SCREENSHOTS=1 writes them to docs/.
+UPDATE_SCREENSHOTS = os.environ.get("CIB_UPDATE_SCREENSHOTS") == "1"
 IMAGES = 6
 
 
@@ -135,6 +137,7 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     comfy: Comfy, browser: Any, tmp_path: Path
 ) -> None:
     folder = photos(tmp_path / "watched", IMAGES)
+    shots = REPO / "docs" if UPDATE_SCREENSHOTS else tmp_path
     tab_a, tab_b = open_tab(browser, comfy.url), open_tab(browser, comfy.url)
     load_example(tab_a, folder, subfolder="browser", compress_level=9)
     tab_b.evaluate("() => window.app.loadGraphData()")  # B: the default workflow, same node ids
@@ -147,13 +150,13 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     def mid_run(snapshot: dict[str, Any]) -> bool:
         nonlocal shot_taken
         if not shot_taken and snapshot["saver"] and (snapshot["badge"] or "").startswith("2/"):
-            tab_a.screenshot(path=str(SCREENSHOTS / "batch-running.png"))
+            tab_a.screenshot(path=str(shots / "batch-running.png"))
             shot_taken = True
         return (snapshot["badge"] or "").startswith("done")
 
     seen = watch(tab_a, mid_run)
     tab_a.wait_for_timeout(300)
-    tab_a.screenshot(path=str(SCREENSHOTS / "batch-done.png"))
+    tab_a.screenshot(path=str(shots / "batch-done.png"))
     other = tab_b.evaluate("() => window.__cibSeen")
 
     given = tab_a.evaluate("() => window.__cibSaver")

@@ -114,6 +114,7 @@ app.registerExtension({
           loader.setDirtyCanvas(true, true);
         }
         if (output.done?.[0]) toast("success", "Batch done", output.badge[0]);
+        this.cibText = output.badge[0]; // the short state; the long summary is in the log
       }
       this.setDirtyCanvas(true, true);
     };
