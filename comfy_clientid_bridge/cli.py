@@ -48,6 +48,8 @@ class Watch:
     batch_id: str | None = None
     current: str = ""
     badge: str = ""
+    progress: tuple[int, int] | None = None  # (done, total)
+    state: str = "running"
     finished: str | None = None  # the final message, once the loop has ended
     error: str | None = None
     first_done: int | None = None
@@ -61,29 +63,27 @@ class Watch:
             return
         node, output = str(data.get("node")), data.get("output") or {}
         class_type = self.graph.get(node, {}).get("class_type")
-        if class_type == LOADER:
-            self.batch_id = (output.get("batch_id") or [self.batch_id])[0]
-            self.badge = (output.get("badge") or [self.badge])[0]
-            parts = (output.get("text") or [""])[0].split(" · ")
-            self.current = parts[1] if len(parts) >= 3 else self.current  # "n/N (p%) · name · ETA"
-            if (output.get("halted") or [False])[0]:
-                self.finished = self.badge
-        elif class_type == NEXT:
-            self.badge = (output.get("badge") or [self.badge])[0]
-            if (output.get("done") or [False])[0] or self.badge.startswith("stopped"):
-                self.finished = self.badge
+        if class_type not in (LOADER, NEXT):
+            return
+        self.batch_id = (output.get("batch_id") or [self.batch_id])[0]
+        self.badge = (output.get("badge") or [self.badge])[0]
+        self.current = (output.get("file") or [self.current])[0]
+        if len(output.get("progress") or []) == 2:
+            self.progress = (int(output["progress"][0]), int(output["progress"][1]))
+        self.state = (output.get("state") or [self.state])[0]
+        # A loop step skipped as a duplicate is not the end of our batch; anything else is.
+        if self.state not in ("running", "duplicate"):
+            self.finished = self.badge
 
-    def counts(self) -> tuple[int, int] | None:
-        """(done, total) from the badge '12/240 · ETA 3:10'."""
-        done, _, rest = self.badge.partition("/")
-        total = rest.split(" ", 1)[0]
-        return (int(done), int(total)) if done.isdigit() and total.isdigit() else None
+    @property
+    def succeeded(self) -> bool:
+        """The batch ended by itself now ("done"), or had ended before ("complete")."""
+        return self.state in ("done", "complete")
 
     def line(self) -> str:
-        counts = self.counts()
-        if counts is None:
+        if self.progress is None:
             return self.badge or "waiting for the first image..."
-        done, total = counts
+        done, total = self.progress
         if self.first_done is None:
             self.first_done = done  # a resumed batch: its earlier images took no time now
         rate = (done - self.first_done) / max(time.monotonic() - self.started, 1e-9)
@@ -172,7 +172,7 @@ async def _report(session: aiohttp.ClientSession, url: str, watch: Watch, out: T
     out.write(f"result: {watch.finished}\n")
     if status:
         out.write(f"report: {status['report']}\n")
-    return 1 if failed or not (watch.finished or "").startswith(("done", "already complete")) else 0
+    return 1 if failed or not watch.succeeded else 0
 
 
 def batch(server: str, workflow_file: Path, folder: Path) -> int:

@@ -57,6 +57,9 @@ CASES = [
                 badge=["3/10 · ETA 0:07"],
                 batch_id=["b"],
                 text=["3/10 (30%) · x.png · ETA 0:07"],
+                progress=[3, 10],
+                state=["running"],
+                file=["x.png"],
             )
         ],
         None,
@@ -64,14 +67,14 @@ CASES = [
         "[#########.....................",
     ),
     (
-        [executed("4", badge=["done: 10 saved, 0 skipped"], done=[True])],
+        [executed("4", badge=["done: 10 saved, 0 skipped"], state=["done"])],
         "done: 10 saved, 0 skipped",
         None,
         "done",
     ),
-    ([executed("4", badge=["stopped: 4/10"], done=[False])], "stopped: 4/10", None, "stopped"),
+    ([executed("4", badge=["stopped: 4/10"], state=["stopped"])], "stopped: 4/10", None, "stopped"),
     (
-        [executed("1", badge=["already complete: ..."], halted=[True])],
+        [executed("1", badge=["already complete: ..."], state=["complete"])],
         "already complete: ...",
         None,
         "already",
@@ -83,13 +86,19 @@ CASES = [
         "waiting",
     ),
     ([executed("9", badge=["9/9 · ETA 0:00"])], None, None, "waiting"),
+    (
+        [executed("1", badge=["image 3 was already processed"], state=["duplicate"])],
+        None,
+        None,
+        "image 3",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
     ("events", "finished", "error", "line"),
     CASES,
-    ids=["nothing", "progress", "done", "stopped", "halted", "error", "foreign-node"],
+    ids=["nothing", "progress", "done", "stopped", "halted", "error", "foreign-node", "duplicate"],
 )
 def test_watch(
     events: list[dict[str, Any]], finished: str | None, error: str | None, line: str
@@ -99,3 +108,13 @@ def test_watch(
         watch.on_event(event)
     assert (watch.finished, watch.error) == (finished, error)
     assert watch.line().startswith(line)
+
+
+@pytest.mark.parametrize(
+    ("state", "succeeded"),
+    [("done", True), ("complete", True), ("stopped", False), ("busy", False), ("unknown", False)],
+)
+def test_only_a_finished_batch_succeeds(state: str, succeeded: bool) -> None:
+    watch = Watch(GRAPH, "1")
+    watch.on_event(executed("1", badge=["x"], state=[state]))
+    assert watch.succeeded is succeeded and watch.finished == "x"

@@ -30,7 +30,7 @@ class BatchControl:
 
     def stop(self, batch: str, *, interrupt_running: bool = True) -> dict[str, Any] | None:
         """Stops `batch` at once: its queued next prompt is dropped, its running one cut."""
-        if self.engine.status(batch) is None:
+        if not self.engine.knows(batch):
             return None
         pending = self.engine.stop(batch)
         if pending is not None:

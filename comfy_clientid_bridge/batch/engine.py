@@ -63,10 +63,16 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class Halt:
-    """This prompt must not process an image; `message` says why, for the node's UI."""
+    """This prompt must not process an image; `message` says why, for the node's UI.
+
+    `state` is what clients act on: "complete" (finished before), "busy" (its loop is
+    queued already), "stopped", "duplicate" (this image was done), "unknown" (not running
+    in this process), "done" (the end was reached just now).
+    """
 
     batch_id: str
     message: str
+    state: str
 
 
 @dataclass
@@ -149,11 +155,12 @@ class BatchEngine:
     def _start(self, batch: str, source: Source, prompt_id: str | None) -> Item | Halt:
         run = self._runs.get(batch)
         if run is not None and run.pending_prompt_id and self.is_alive(run.pending_prompt_id):
-            return Halt(batch, f"already running ({self.progress(batch)}); not started twice")
+            message = f"already running ({self.progress(batch)}); not started twice"
+            return Halt(batch, message, "busy")
         run = self._load(batch, source)
         index = first_unfinished(run.state)
         if index is None:
-            return Halt(batch, f"already complete: {self.summary(batch)}")
+            return Halt(batch, f"already complete: {self.summary(batch)}", "complete")
         run.stopped, run.pending_prompt_id, run.finished = False, None, False
         run.started, run.done_at_start = time.monotonic(), len(run.state.done)
         return self.claim(batch, index, prompt_id)
@@ -161,11 +168,13 @@ class BatchEngine:
     def _continue(self, batch: str, cursor: int, prompt_id: str | None) -> Item | Halt:
         run = self._runs.get(batch)
         if run is None:
-            return Halt(batch, "this batch is not running here (ComfyUI restarted?); run it again")
+            message = "this batch is not running here (ComfyUI restarted?); run it again"
+            return Halt(batch, message, "unknown")
         if run.stopped:
-            return Halt(batch, f"stopped at {self.progress(batch)}")
+            return Halt(batch, f"stopped at {self.progress(batch)}", "stopped")
         if cursor >= len(run.state.files) or run.state.done.get(cursor) in FINISHED_STATUSES:
-            return Halt(batch, f"image {cursor + 1} was already processed; duplicate skipped")
+            message = f"image {cursor + 1} was already processed; duplicate skipped"
+            return Halt(batch, message, "duplicate")
         run.pending_prompt_id = None
         return self.claim(batch, cursor, prompt_id)
 
@@ -196,6 +205,14 @@ class BatchEngine:
             source = run.state.files[index]
             path = Path(run.state.folder) / source
             return Item(batch, index, len(run.state.files), source, path)
+
+    def knows(self, batch: str) -> bool:
+        return batch in self._runs
+
+    def done_of_total(self, batch: str) -> tuple[int, int]:
+        """(images saved, skipped or failed so far, images in the batch)."""
+        run = self._runs[batch]
+        return len(run.state.done), len(run.state.files)
 
     def current(self, batch: str) -> int:
         return self._runs[batch].state.next_index

@@ -35,18 +35,25 @@ INDEX = ("INT", {"forceInput": True})
 GRAPH_KEYS = ("class_type", "inputs", "_meta")
 
 
-def _blocked(halt: Halt, outputs: int, badge: str | None = None) -> dict[str, Any]:
+def _ui(engine: BatchEngine, batch: str, text: str, state: str) -> dict[str, list[Any]]:
+    """The UI payload of the loader and Batch Next: the web extension shows `badge` on the
+    loader; `state` ("running", "done", "stopped", or a Halt's) and `progress` ([done,
+    total]) are what clients act on."""
+    ui: dict[str, list[Any]] = {"text": [text], "batch_id": [batch], "state": [state]}
+    if engine.knows(batch):
+        ui["progress"] = list(engine.done_of_total(batch))
+    known_state = engine.knows(batch) and state in ("running", "done", "stopped")
+    ui["badge"] = [engine.badge(batch) if known_state else text]
+    return ui
+
+
+def _blocked(engine: BatchEngine, halt: Halt, outputs: int) -> dict[str, Any]:
     """No image this time: downstream nodes are skipped quietly, the node says why."""
     from comfy_execution.graph_utils import ExecutionBlocker
 
     logger.info("batch %s: %s", halt.batch_id, halt.message)
     return {
-        "ui": {
-            "text": [halt.message],
-            "batch_id": [halt.batch_id],
-            "badge": [badge or halt.message],
-            "halted": [True],
-        },
+        "ui": _ui(engine, halt.batch_id, halt.message, halt.state),
         "result": tuple(ExecutionBlocker(None) for _ in range(outputs)),
     }
 
@@ -127,13 +134,9 @@ class BatchImageLoader:
         claimed = engine.begin(batch, source, cursor, prompt_id, unique_id)
         loaded = _first_readable(engine, claimed, on_error, prompt_id)
         if isinstance(loaded, Halt):
-            # The end reached through unreadable files: the loader says "done" itself.
-            finished = loaded.message.startswith("done") and engine.status(batch) is not None
-            return _blocked(
-                loaded, len(self.RETURN_TYPES), engine.badge(batch) if finished else None
-            )
+            return _blocked(engine, loaded, len(self.RETURN_TYPES))
         claimed, rgb, mask = loaded
-        _show_progress(unique_id, engine.status(batch) or {}, claimed)
+        _show_progress(unique_id, engine.done_of_total(batch)[0], claimed)
         rel = Path(claimed.source)
         image = torch.from_numpy(rgb)[None]
         alpha = torch.from_numpy(mask)[None]
@@ -141,7 +144,7 @@ class BatchImageLoader:
         subfolder = rel.parent.as_posix() if rel.parent != Path(".") else ""
         result = (image, alpha, rel.stem, subfolder, claimed.index, claimed.total, batch)
         # batch_id in the UI payload: what a Stop button or an API client needs to stop it.
-        ui = {"text": [text], "batch_id": [batch], "badge": [engine.badge(batch)]}
+        ui = {**_ui(engine, batch, text, "running"), "file": [rel.name]}
         return {"ui": ui, "result": result}
 
 
@@ -161,7 +164,7 @@ def _first_readable(
             logger.warning("batch %s: skipping %s", claimed.batch_id, error)
             following = engine.next_index(claimed.batch_id, claimed.index)
             if following is None:
-                return Halt(claimed.batch_id, f"done: {engine.finish(claimed.batch_id)}")
+                return Halt(claimed.batch_id, f"done: {engine.finish(claimed.batch_id)}", "done")
             claimed = engine.claim(claimed.batch_id, following, prompt_id)
     return claimed
 
@@ -191,11 +194,10 @@ def _source(
     )
 
 
-def _show_progress(node_id: str, status: dict[str, Any], item: Item) -> None:
+def _show_progress(node_id: str, done: int, item: Item) -> None:
     """ComfyUI's own progress bar on the loader: images done of the batch."""
     import comfy.utils
 
-    done = int(status.get("done", item.index))
     comfy.utils.ProgressBar(item.total, node_id=node_id).update_absolute(
         min(done + 1, item.total), item.total
     )
@@ -336,10 +338,12 @@ class BatchNext:
     ) -> dict[str, Any]:
         engine = comfy_server.batch_engine()
         if engine.is_stopped(batch_id):
-            return _state(engine, batch_id, f"stopped at {engine.progress(batch_id)}")
+            return {
+                "ui": _ui(engine, batch_id, f"stopped at {engine.progress(batch_id)}", "stopped")
+            }
         following = engine.next_index(batch_id, engine.current(batch_id))
         if following is None:
-            return _state(engine, batch_id, f"done: {engine.finish(batch_id)}", done=True)
+            return {"ui": _ui(engine, batch_id, f"done: {engine.finish(batch_id)}", "done")}
         # The graph as a client sends it: ComfyUI's own additions (is_changed) left out.
         graph = {
             node_id: {key: copy.deepcopy(node[key]) for key in GRAPH_KEYS if key in node}
@@ -350,13 +354,7 @@ class BatchNext:
         if extra_pnginfo:
             body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
         engine.queued(batch_id, comfy_server.queue_prompt(body))
-        return _state(engine, batch_id, engine.progress(batch_id))
-
-
-def _state(engine: BatchEngine, batch: str, text: str, *, done: bool = False) -> dict[str, Any]:
-    """Batch Next's UI payload; the web extension shows `badge` on the loader, toasts `done`."""
-    ui = {"text": [text], "batch_id": [batch], "badge": [engine.badge(batch)], "done": [done]}
-    return {"ui": ui}
+        return {"ui": _ui(engine, batch_id, engine.progress(batch_id), "running")}
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {

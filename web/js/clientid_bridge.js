@@ -113,7 +113,7 @@ app.registerExtension({
           loader.cibBadge = output.badge[0];
           loader.setDirtyCanvas(true, true);
         }
-        if (output.done?.[0]) toast("success", "Batch done", output.badge[0]);
+        if (output.state?.[0] === "done") toast("success", "Batch done", output.badge[0]);
         this.cibText = output.badge[0]; // the short state; the long summary is in the log
       }
       this.setDirtyCanvas(true, true);
