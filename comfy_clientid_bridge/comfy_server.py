@@ -41,17 +41,23 @@ def enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     return environ.get(ENV_SWITCH, "1").strip().lower() not in OFF_VALUES
 
 
-def executing_prompt(server: Any) -> PromptRecord | None:
-    """The prompt the executor is running now, if any.
+def running_item(server: Any) -> tuple[Any, ...] | None:
+    """The queue item the executor is running now, if any.
 
     Internals (v0.3.64 execution.PromptQueue): `currently_running` maps a task id to the
     queue item (number, prompt_id, prompt, extra_data, outputs_to_execute); the executor
     runs one at a time.
     """
     running = list(server.prompt_queue.currently_running.values())
-    if not running:
+    return tuple(running[0]) if running else None
+
+
+def executing_prompt(server: Any) -> PromptRecord | None:
+    """The running prompt as the bridge compares it: its tab, workflow and graph."""
+    item = running_item(server)
+    if item is None:
         return None
-    _, prompt_id, graph, extra_data = running[0][:4]
+    _, prompt_id, graph, extra_data = item[:4]
     client_id = extra_data.get("client_id")
     pnginfo = extra_data.get("extra_pnginfo")
     return PromptRecord(
@@ -172,8 +178,8 @@ def batch_engine() -> BatchEngine:
 
 
 def executing_prompt_id() -> str | None:
-    record = executing_prompt(_server())
-    return None if record is None else record.prompt_id
+    item = running_item(_server())
+    return None if item is None else str(item[1])
 
 
 def current_client_id() -> str | None:
