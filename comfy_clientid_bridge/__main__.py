@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     batch.add_argument("--workflow", type=Path, required=True, help="API-format workflow (JSON)")
     batch.add_argument("--folder", type=Path, required=True, help="the images to process")
     args = parser.parse_args(argv)
+    # A command line of its own (not inside ComfyUI): its reports go to stdout, plainly.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.command == "demo":
         from .demo import demo as run_demo
 

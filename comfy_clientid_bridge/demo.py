@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import tempfile
 import uuid
@@ -15,6 +16,8 @@ import aiohttp
 
 from .cli import run_batch as run_cli_batch
 from .launcher import NAIVE_PACK, REPO, Comfy, Tab, find_comfyui, running_comfyui
+
+logger = logging.getLogger(__name__)
 
 ITERATIONS = 4
 WORKFLOW = {"last_node_id": 3, "nodes": [], "links": [], "extra": {"marker": "tab-a-ui"}}
@@ -150,28 +153,30 @@ def sample_images(folder: Path, count: int = 8) -> Path:
 async def _demo(compare: bool) -> int:
     found = find_comfyui()
     if isinstance(found, str):
-        print(f"demo: {found}")  # noqa: T201 - a command-line report
+        logger.error("demo: %s", found)
         return 2
     root = Path(tempfile.mkdtemp(prefix="clientid-bridge-demo-"))
     folder = sample_images(root / "samples")
     workflow = json.loads((REPO / "examples" / "batch_folder.api.json").read_text())
-    print(f"ComfyUI {found[0]}, starting with comfy_clientid_bridge ...")  # noqa: T201
+    logger.info("ComfyUI %s, starting with comfy_clientid_bridge ...", found[0])
     with running_comfyui(root / "comfy", packs=[REPO, NAIVE_PACK]) as comfy:
-        print(f"Batch: examples/batch_folder.api.json over {folder}", flush=True)  # noqa: T201
+        logger.info("Batch: examples/batch_folder.api.json over %s", folder)
         status = await run_cli_batch(comfy.url, workflow, folder, out=sys.stdout)
-        print(f"outputs: {comfy.output / 'batch'}")  # noqa: T201
+        logger.info("outputs: %s", comfy.output / "batch")
         run = await run_batch(comfy, "uuid4")
-        print(  # noqa: T201
-            f"A pack re-queueing the naive way (fresh uuid4 client_id): the tab that started it "
-            f"saw {images_seen(run)} of {len(run.batch)} images"
+        logger.info(
+            "A pack re-queueing the naive way (fresh uuid4 client_id): "
+            "the tab that started it saw %d of %d images",
+            images_seen(run),
+            len(run.batch),
         )
     if compare:
         with running_comfyui(root / "plain", packs=[NAIVE_PACK]) as comfy:
             run = await run_batch(comfy, "uuid4")
-            print(  # noqa: T201
-                f"The same without comfy_clientid_bridge: {images_seen(run)} of {len(run.batch)}"
+            logger.info(
+                "The same without comfy_clientid_bridge: %d of %d", images_seen(run), len(run.batch)
             )
-    print("ComfyUI shut down.")  # noqa: T201
+    logger.info("ComfyUI shut down.")
     return status
 
 
