@@ -7,18 +7,18 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
+from integration.support import comfy_fixture, comfyui_found
 from PIL import Image
 
 from comfy_clientid_bridge.batch.state import read_report
 from comfy_clientid_bridge.demo import post, single_graph, wait_idle
-from comfy_clientid_bridge.launcher import REPO, ROUTED, Comfy, Tab, find_comfyui, running_comfyui
+from comfy_clientid_bridge.launcher import REPO, ROUTED, Comfy, Tab, running_comfyui
 
 pytestmark = pytest.mark.integration
 EXAMPLE = REPO / "examples" / "batch_folder.api.json"
@@ -26,11 +26,8 @@ WORKFLOW = {"nodes": [{"id": 1, "type": "ClientIdBridge_BatchImageLoader"}], "ma
 SAVER = "2"
 
 
-@pytest.fixture(scope="module")
-def comfy_paths() -> None:
-    found = find_comfyui()
-    if isinstance(found, str):
-        pytest.skip(f"integration tier: {found}")
+comfy_paths = comfyui_found()  # tests here that start their own ComfyUI
+comfy = comfy_fixture(REPO)
 
 
 def make_folder(folder: Path) -> dict[str, tuple[int, int]]:
@@ -96,12 +93,6 @@ def saver_images(tab: Tab) -> list[dict[str, Any]]:
         if e["node"] == SAVER
         for image in e["output"]["images"]
     ]
-
-
-@pytest.fixture(scope="module")
-def comfy(comfy_paths: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
-    with running_comfyui(tmp_path_factory.mktemp("batch"), packs=[REPO]) as running:
-        yield running
 
 
 @pytest.mark.parametrize("bridge", ["on", "off"])

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from integration.support import comfy_fixture, require_comfyui
 from PIL import Image
 
-from comfy_clientid_bridge.launcher import REPO, Comfy, find_comfyui, running_comfyui
+from comfy_clientid_bridge.launcher import REPO, Comfy
 
 pytestmark = pytest.mark.integration
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -32,15 +33,13 @@ UPDATE_SCREENSHOTS = os.environ.get("CIB_UPDATE_SCREENSHOTS") == "1"
 IMAGES = 6
 
 
-@pytest.fixture(scope="module")
-def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
-    found = find_comfyui()
-    if isinstance(found, str):
-        pytest.skip(f"integration tier: {found}")
+def require_comfyui_and_chromium() -> None:
+    require_comfyui()
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with running_comfyui(tmp_path_factory.mktemp("browser"), packs=[REPO]) as running:
-        yield running
+
+
+comfy = comfy_fixture(REPO, check=require_comfyui_and_chromium)
 
 
 @pytest.fixture(scope="module")

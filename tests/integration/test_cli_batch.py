@@ -6,26 +6,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from integration.support import comfy_fixture
 from PIL import Image
 
-from comfy_clientid_bridge.launcher import REPO, Comfy, find_comfyui, running_comfyui
+from comfy_clientid_bridge.launcher import REPO, Comfy
 
 pytestmark = pytest.mark.integration
 EXAMPLE = REPO / "examples" / "batch_folder.api.json"
 
 
-@pytest.fixture(scope="module")
-def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
-    found = find_comfyui()
-    if isinstance(found, str):
-        pytest.skip(f"integration tier: {found}")
-    with running_comfyui(tmp_path_factory.mktemp("cli"), packs=[REPO]) as running:
-        yield running
+comfy = comfy_fixture(REPO)
 
 
 def images(folder: Path, count: int, size: int = 32, corrupt: bool = False) -> Path:

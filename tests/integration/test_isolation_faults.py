@@ -6,11 +6,11 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
+from integration.support import comfy_fixture
 
 from comfy_clientid_bridge.demo import WORKFLOW, loop_graph, post, prompts_saving, single_graph
 from comfy_clientid_bridge.launcher import (
@@ -19,8 +19,6 @@ from comfy_clientid_bridge.launcher import (
     ROUTED,
     Comfy,
     Tab,
-    find_comfyui,
-    running_comfyui,
 )
 
 pytestmark = pytest.mark.integration
@@ -31,16 +29,7 @@ OUTSIDE_PROMPTS = 4
 MODES = ("uuid4", "none", "timer")  # how the naive pack re-queues: one per tab
 
 
-@pytest.fixture(scope="module")
-def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
-    found = find_comfyui()
-    if isinstance(found, str):
-        pytest.skip(f"integration tier: {found}")
-    root = tmp_path_factory.mktemp("isolation")
-    # Its own temp folder: ComfyUI empties its temp folder on start and exit, and the
-    # checkout's one is shared with every other ComfyUI started from it.
-    with running_comfyui(root, packs=[REPO, NAIVE_PACK]) as comfy:
-        yield comfy
+comfy = comfy_fixture(REPO, NAIVE_PACK)
 
 
 async def history(session: aiohttp.ClientSession, comfy: Comfy) -> dict[str, Any]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from integration.support import comfy_fixture
 
 from comfy_clientid_bridge.demo import ITERATIONS, WORKFLOW, run_batch
 from comfy_clientid_bridge.launcher import (
@@ -17,31 +17,14 @@ from comfy_clientid_bridge.launcher import (
     ROUTED,
     Comfy,
     Tab,
-    find_comfyui,
-    running_comfyui,
 )
 
 pytestmark = pytest.mark.integration
 MODES = ["uuid4", "none", "timer"]
 
 
-@pytest.fixture(scope="module")
-def comfy_paths() -> None:
-    found = find_comfyui()
-    if isinstance(found, str):
-        pytest.skip(f"integration tier: {found}")
-
-
-@pytest.fixture(scope="module")
-def with_bridge(comfy_paths: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
-    with running_comfyui(tmp_path_factory.mktemp("with"), packs=[REPO, NAIVE_PACK]) as comfy:
-        yield comfy
-
-
-@pytest.fixture(scope="module")
-def without_bridge(comfy_paths: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
-    with running_comfyui(tmp_path_factory.mktemp("without"), packs=[NAIVE_PACK]) as comfy:
-        yield comfy
+with_bridge = comfy_fixture(REPO, NAIVE_PACK)
+without_bridge = comfy_fixture(NAIVE_PACK)
 
 
 def executed_by(tab: Tab, node: str) -> list[dict[str, Any]]:

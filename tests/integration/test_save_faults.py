@@ -12,22 +12,17 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from integration.support import comfy_fixture
 from PIL import Image
 
 from comfy_clientid_bridge.batch.state import read_report
 from comfy_clientid_bridge.demo import post, wait_idle
-from comfy_clientid_bridge.launcher import REPO, Comfy, Tab, find_comfyui, running_comfyui
+from comfy_clientid_bridge.launcher import REPO, Comfy, Tab
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
-    found = find_comfyui()
-    if isinstance(found, str):
-        pytest.skip(f"integration tier: {found}")
-    with running_comfyui(tmp_path_factory.mktemp("faults"), packs=[REPO]) as running:
-        yield running
+comfy = comfy_fixture(REPO)
 
 
 @pytest.fixture(params=["disk-full", "read-only"])
