@@ -15,7 +15,6 @@ from typing import Any, TextIO
 import aiohttp
 
 LOADER = "ClientIdBridge_BatchImageLoader"
-SAVER = "ClientIdBridge_BatchImageSaver"
 NEXT = "ClientIdBridge_BatchNext"
 
 

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from comfy_clientid_bridge.cli import LOADER, NEXT, SAVER, BatchError, Watch, prepare
+from comfy_clientid_bridge.cli import LOADER, NEXT, BatchError, Watch, prepare
+
+SAVER = "ClientIdBridge_BatchImageSaver"  # events of other nodes change nothing
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "batch_folder.api.json"
 
