@@ -7,7 +7,7 @@ except ImportError:  # imported by a tool outside ComfyUI (pytest collection): n
     NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
 else:
     from .comfy_clientid_bridge.batch.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-    from .comfy_clientid_bridge.comfy_server import register
+    from .comfy_clientid_bridge.register import register
 
     register()
 

@@ -42,7 +42,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy_clientid_bridge.launcher import (  # noqa: E402
+from comfy_clientid_bridge.tools.launcher import (  # noqa: E402
     REPO,
     Comfy,
     Tab,
@@ -103,7 +103,7 @@ routes = server.PromptServer.instance.routes
 
 @routes.post("/cib_bench/install")
 async def install(request):
-    connections = _module("comfy_clientid_bridge.self_connections").SELF_CONNECTIONS
+    connections = _module("comfy_clientid_bridge.routing.self_connections").SELF_CONNECTIONS
     connections.lookup = _timed(connections.lookup, "lookup")
     handlers = server.PromptServer.instance.on_prompt_handlers
     for index, handler in enumerate(handlers):

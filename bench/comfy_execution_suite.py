@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy_clientid_bridge.launcher import REPO, find_comfyui, free_port  # noqa: E402
+from comfy_clientid_bridge.tools.launcher import REPO, find_comfyui, free_port  # noqa: E402
 
 LOADED_LINE = "clientid_bridge: re-queued prompts now reach the tab that started them"
 PLUGIN_NAME = "cib_suite_plugin"

@@ -23,8 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy_clientid_bridge.demo import post, wait_idle  # noqa: E402
-from comfy_clientid_bridge.launcher import REPO, Tab, find_comfyui, running_comfyui  # noqa: E402
+from comfy_clientid_bridge.tools.demo import post, wait_idle  # noqa: E402
+from comfy_clientid_bridge.tools.launcher import REPO, Tab, find_comfyui, running_comfyui  # noqa: E402
 
 COUNT, EVERY = 1_000, 100
 

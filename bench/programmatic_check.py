@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy_clientid_bridge.self_connections import SelfConnections  # noqa: E402
+from comfy_clientid_bridge.routing.self_connections import SelfConnections  # noqa: E402
 
 TABS = 50
 REPEATS = 20_000
@@ -33,7 +33,7 @@ EVENTS = """
 import sys, time
 if sys.argv[1] == "hooked":
     sys.path.insert(0, sys.argv[2])
-    from comfy_clientid_bridge.self_connections import SELF_CONNECTIONS
+    from comfy_clientid_bridge.routing.self_connections import SELF_CONNECTIONS
     SELF_CONNECTIONS.watch_port(8188)
 n = 1_000_000
 start = time.perf_counter()

@@ -25,10 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     # A command line of its own (not inside ComfyUI): its reports go to stdout, plainly.
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     if args.command == "demo":
-        from .demo import demo as run_demo
+        from .tools.demo import demo as run_demo
 
         return run_demo(args.compare)
-    from .cli import batch as run_batch
+    from .tools.cli import batch as run_batch
 
     return run_batch(args.server, args.workflow, args.folder)
 

@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from comfy_clientid_bridge.bridge import PENDING, Bridge
-from comfy_clientid_bridge.lineage import PromptRecord
-from comfy_clientid_bridge.middleware import BRIDGE, clientid_bridge_middleware, status
-from comfy_clientid_bridge.self_connections import SELF_CONNECTIONS
+from comfy_clientid_bridge.routing.decisions import PENDING, Bridge
+from comfy_clientid_bridge.routing.lineage import PromptRecord
+from comfy_clientid_bridge.routing.middleware import BRIDGE, clientid_bridge_middleware, status
+from comfy_clientid_bridge.routing.self_connections import SELF_CONNECTIONS
 
 # ComfyUI's executor thread is "Thread-N (prompt_worker)"; ours plays it.
 WORKER_THREAD = "Thread-99 (prompt_worker)"

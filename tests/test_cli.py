@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from comfy_clientid_bridge.cli import LOADER, NEXT, BatchError, Watch, prepare
+from comfy_clientid_bridge.tools.cli import LOADER, NEXT, BatchError, Watch, prepare
 
 SAVER = "ClientIdBridge_BatchImageSaver"  # events of other nodes change nothing
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from conftest import graph
 
-from comfy_clientid_bridge.lineage import Ledger, PromptRecord, changed_widgets, closest_ancestor
+from comfy_clientid_bridge.routing.lineage import (
+    Ledger,
+    PromptRecord,
+    changed_widgets,
+    closest_ancestor,
+)
 
 
 def record(client: str | None, index: int, prefix: str = "p", mode: str = "none") -> PromptRecord:

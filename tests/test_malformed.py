@@ -18,7 +18,7 @@ from conftest import (
     running,
 )
 
-from comfy_clientid_bridge.self_connections import SELF_CONNECTIONS
+from comfy_clientid_bridge.routing.self_connections import SELF_CONNECTIONS
 
 BODIES: list[tuple[str, Any]] = [
     ("bad-json", b"{not json"),

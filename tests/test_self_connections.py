@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from comfy_clientid_bridge.self_connections import SelfConnections, normalize
+from comfy_clientid_bridge.routing.self_connections import SelfConnections, normalize
 
 
 @pytest.fixture

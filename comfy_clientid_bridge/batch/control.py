@@ -21,7 +21,7 @@ DEFAULT_QUEUE_PATHS = ("/queue", "/api/queue")
 
 @dataclass
 class BatchControl:
-    """Stops batches; the callables reach into ComfyUI's queue (see comfy_server)."""
+    """Stops batches; the callables reach into ComfyUI's queue (see internals)."""
 
     engine: BatchEngine
     executing_prompt_id: Callable[[], str | None]

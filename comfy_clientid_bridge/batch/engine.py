@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import internals
 from .listing import list_images, order_images, select
 from .progress import eta_seconds, format_eta, progress_text, summary_text
 from .state import (
@@ -346,3 +347,19 @@ class BatchEngine:
             "progress": self.progress(batch),
             "report": str(run.report.path),
         }
+
+
+_engine: BatchEngine | None = None
+
+
+def batch_engine() -> BatchEngine:
+    """One engine per ComfyUI process: state under the user directory, reports in output."""
+    global _engine
+    if _engine is None:
+        store = StateStore(internals.user_directory() / "clientid_bridge" / "batches")
+        _engine = BatchEngine(
+            store,
+            internals.output_directory(),
+            lambda prompt_id: internals.is_prompt_alive(internals.prompt_server(), prompt_id),
+        )
+    return _engine

@@ -11,16 +11,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import comfy_server
+from .. import internals
 from .engine import (
     CURSOR_INPUT,
     BatchEngine,
     Halt,
     Item,
     Source,
+    batch_engine,
     source_batch_id,
     workflow_key,
 )
+from .folders import output_base, resolve_input_folder
 from .images import UnreadableImage, encode_image, load_image
 from .listing import ORDERS, parse_patterns
 from .naming import POLICIES, atomic_write_bytes, choose_target, output_relpath, resolve_inside
@@ -32,7 +34,6 @@ PREFIX = "ClientIdBridge_"
 FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 BATCH_ID = ("STRING", {"forceInput": True})
 INDEX = ("INT", {"forceInput": True})
-GRAPH_KEYS = ("class_type", "inputs", "_meta")
 
 
 def _ui(engine: BatchEngine, batch: str, text: str, state: str) -> dict[str, list[Any]]:
@@ -49,12 +50,10 @@ def _ui(engine: BatchEngine, batch: str, text: str, state: str) -> dict[str, lis
 
 def _blocked(engine: BatchEngine, halt: Halt, outputs: int) -> dict[str, Any]:
     """No image this time: downstream nodes are skipped quietly, the node says why."""
-    from comfy_execution.graph_utils import ExecutionBlocker
-
     logger.info("batch %s: %s", halt.batch_id, halt.message)
     return {
         "ui": _ui(engine, halt.batch_id, halt.message, halt.state),
-        "result": tuple(ExecutionBlocker(None) for _ in range(outputs)),
+        "result": tuple(internals.execution_blocker() for _ in range(outputs)),
     }
 
 
@@ -118,7 +117,7 @@ class BatchImageLoader:
         source = _source(**inputs)
         batch = source_batch_id(source, workflow_key(inputs["prompt"], inputs["unique_id"]))
         try:
-            path = source.folder / comfy_server.batch_engine().source_of(batch, cursor)
+            path = source.folder / batch_engine().source_of(batch, cursor)
             stat = path.stat()
         except (KeyError, IndexError, OSError):
             return uuid.uuid4().hex
@@ -127,10 +126,10 @@ class BatchImageLoader:
     def load(
         self, cursor: int, prompt: dict[str, Any], unique_id: str, on_error: str, **inputs: Any
     ) -> dict[str, Any]:
-        engine = comfy_server.batch_engine()
+        engine = batch_engine()
         source = _source(**inputs)
         batch = source_batch_id(source, workflow_key(prompt, unique_id))
-        prompt_id = comfy_server.executing_prompt_id()
+        prompt_id = internals.running_prompt_id(internals.prompt_server())
         claimed = engine.begin(batch, source, cursor, prompt_id, unique_id)
         loaded = _first_readable(engine, claimed, on_error, prompt_id)
         if isinstance(loaded, Halt):
@@ -182,7 +181,7 @@ def _source(
     **_: Any,
 ) -> Source:
     return Source(
-        folder=comfy_server.resolve_input_folder(folder),
+        folder=resolve_input_folder(folder),
         patterns=parse_patterns(pattern),
         recursive=recursive,
         order=order,
@@ -196,11 +195,7 @@ def _source(
 
 def _show_progress(node_id: str, done: int, item: Item) -> None:
     """ComfyUI's own progress bar on the loader: images done of the batch."""
-    import comfy.utils
-
-    comfy.utils.ProgressBar(item.total, node_id=node_id).update_absolute(
-        min(done + 1, item.total), item.total
-    )
+    internals.show_node_progress(node_id, min(done + 1, item.total), item.total)
 
 
 class BatchImageSaver:
@@ -257,8 +252,8 @@ class BatchImageSaver:
         prompt: dict[str, Any] | None = None,
         extra_pnginfo: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        engine = comfy_server.batch_engine()
-        base, in_output = comfy_server.output_base(output_folder)
+        engine = batch_engine()
+        base, in_output = output_base(output_folder)
         workflow = (extra_pnginfo or {}).get("workflow")
         pixels = np.clip(images.cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
         source = engine.source_of(batch_id, index)
@@ -309,7 +304,7 @@ class BatchProgress:
         return {"required": {"batch_id": BATCH_ID, "index": INDEX}}
 
     def format(self, batch_id: str, index: int) -> dict[str, Any]:
-        engine = comfy_server.batch_engine()
+        engine = batch_engine()
         text = engine.progress(batch_id, Path(engine.source_of(batch_id, index)).name)
         return {"ui": {"text": [text]}, "result": (text,)}
 
@@ -336,7 +331,7 @@ class BatchNext:
         prompt: dict[str, Any],
         extra_pnginfo: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        engine = comfy_server.batch_engine()
+        engine = batch_engine()
         if engine.is_stopped(batch_id):
             return {
                 "ui": _ui(engine, batch_id, f"stopped at {engine.progress(batch_id)}", "stopped")
@@ -346,14 +341,17 @@ class BatchNext:
             return {"ui": _ui(engine, batch_id, f"done: {engine.finish(batch_id)}", "done")}
         # The graph as a client sends it: ComfyUI's own additions (is_changed) left out.
         graph = {
-            node_id: {key: copy.deepcopy(node[key]) for key in GRAPH_KEYS if key in node}
+            node_id: {
+                key: copy.deepcopy(node[key]) for key in internals.CLIENT_NODE_KEYS if key in node
+            }
             for node_id, node in prompt.items()
         }
         graph[engine.loader_of(batch_id)]["inputs"][CURSOR_INPUT] = following
-        body: dict[str, Any] = {"prompt": graph, "client_id": comfy_server.current_client_id()}
+        server = internals.prompt_server()
+        body: dict[str, Any] = {"prompt": graph, "client_id": internals.current_client_id(server)}
         if extra_pnginfo:
             body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
-        engine.queued(batch_id, comfy_server.queue_prompt(body))
+        engine.queued(batch_id, internals.queue_prompt(server, body))
         return {"ui": _ui(engine, batch_id, engine.progress(batch_id), "running")}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from comfy_clientid_bridge.launcher import Comfy, find_comfyui, running_comfyui
+from comfy_clientid_bridge.tools.launcher import Comfy, find_comfyui, running_comfyui
 
 
 def require_comfyui() -> None:

@@ -17,8 +17,8 @@ from integration.support import comfy_fixture, comfyui_found
 from PIL import Image
 
 from comfy_clientid_bridge.batch.state import read_report
-from comfy_clientid_bridge.demo import post, single_graph, wait_idle
-from comfy_clientid_bridge.launcher import REPO, ROUTED, Comfy, Tab, running_comfyui
+from comfy_clientid_bridge.tools.demo import post, single_graph, wait_idle
+from comfy_clientid_bridge.tools.launcher import REPO, ROUTED, Comfy, Tab, running_comfyui
 
 pytestmark = pytest.mark.integration
 EXAMPLE = REPO / "examples" / "batch_folder.api.json"

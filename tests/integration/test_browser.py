@@ -15,7 +15,7 @@ import pytest
 from integration.support import comfy_fixture, require_comfyui
 from PIL import Image
 
-from comfy_clientid_bridge.launcher import REPO, Comfy
+from comfy_clientid_bridge.tools.launcher import REPO, Comfy
 
 pytestmark = pytest.mark.integration
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

@@ -13,7 +13,7 @@ import pytest
 from integration.support import comfy_fixture
 from PIL import Image
 
-from comfy_clientid_bridge.launcher import REPO, Comfy
+from comfy_clientid_bridge.tools.launcher import REPO, Comfy
 
 pytestmark = pytest.mark.integration
 EXAMPLE = REPO / "examples" / "batch_folder.api.json"

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from comfy_clientid_bridge.launcher import REPO, Comfy, Tab, find_comfyui, running_comfyui
+from comfy_clientid_bridge.tools.launcher import REPO, Comfy, Tab, find_comfyui, running_comfyui
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,14 @@ import aiohttp
 import pytest
 from integration.support import comfy_fixture
 
-from comfy_clientid_bridge.demo import WORKFLOW, loop_graph, post, prompts_saving, single_graph
-from comfy_clientid_bridge.launcher import (
+from comfy_clientid_bridge.tools.demo import (
+    WORKFLOW,
+    loop_graph,
+    post,
+    prompts_saving,
+    single_graph,
+)
+from comfy_clientid_bridge.tools.launcher import (
     NAIVE_PACK,
     REPO,
     ROUTED,

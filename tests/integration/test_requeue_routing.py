@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from integration.support import comfy_fixture
 
-from comfy_clientid_bridge.demo import ITERATIONS, WORKFLOW, run_batch
-from comfy_clientid_bridge.launcher import (
+from comfy_clientid_bridge.tools.demo import ITERATIONS, WORKFLOW, run_batch
+from comfy_clientid_bridge.tools.launcher import (
     NAIVE_PACK,
     REPO,
     ROUTED,

@@ -16,8 +16,8 @@ from integration.support import comfy_fixture
 from PIL import Image
 
 from comfy_clientid_bridge.batch.state import read_report
-from comfy_clientid_bridge.demo import post, wait_idle
-from comfy_clientid_bridge.launcher import REPO, Comfy, Tab
+from comfy_clientid_bridge.tools.demo import post, wait_idle
+from comfy_clientid_bridge.tools.launcher import REPO, Comfy, Tab
 
 pytestmark = pytest.mark.integration
 

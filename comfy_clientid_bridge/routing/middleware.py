@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from .bridge import PENDING, Bridge, Pending
+from .decisions import PENDING, Bridge, Pending
 from .self_connections import SelfConnections, normalize
 
 BRIDGE = web.AppKey("comfy_clientid_bridge.bridge", Bridge)

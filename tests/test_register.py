@@ -9,16 +9,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from comfy_clientid_bridge import comfy_server
+from comfy_clientid_bridge import internals, register
+from comfy_clientid_bridge.batch import engine as engine_module
 from comfy_clientid_bridge.batch.control import CONTROL
 from comfy_clientid_bridge.batch.engine import BatchEngine
 from comfy_clientid_bridge.batch.state import StateStore
-from comfy_clientid_bridge.middleware import BRIDGE, MARKER
+from comfy_clientid_bridge.routing.middleware import BRIDGE, MARKER
 
 ROUTES = [
-    comfy_server.STATUS_PATH,
-    comfy_server.BATCH_PATH,
-    comfy_server.BATCH_PATH + "/stop",
+    register.STATUS_PATH,
+    register.BATCH_PATH,
+    register.BATCH_PATH + "/stop",
 ]
 
 
@@ -26,7 +27,7 @@ ROUTES = [
 def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BatchEngine:
     """The batch engine without ComfyUI's folder_paths: state and reports in tmp_path."""
     made = BatchEngine(StateStore(tmp_path / "state"), tmp_path / "out", lambda _: False)
-    monkeypatch.setattr(comfy_server, "_engine", made)
+    monkeypatch.setattr(engine_module, "_engine", made)
     return made
 
 
@@ -47,13 +48,13 @@ def ours(server: Any) -> list[Any]:
 
 
 def test_outside_comfyui_registers_nothing() -> None:
-    assert comfy_server.register() is False
+    assert register.register() is False
 
 
 def test_installs_once_even_when_imported_twice() -> None:
     server = fake_server()
-    assert comfy_server._install(server) is True
-    assert comfy_server._install(server) is True
+    assert register._install(server) is True
+    assert register._install(server) is True
     assert len(ours(server)) == 1 and len(server.on_prompt_handlers) == 1
     assert [route.path for route in server.routes] == ROUTES
     assert BRIDGE in server.app and CONTROL in server.app
@@ -61,9 +62,9 @@ def test_installs_once_even_when_imported_twice() -> None:
 
 @pytest.mark.parametrize("value", ["0", "off", "False", " no "])
 def test_environment_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    monkeypatch.setenv(comfy_server.ENV_SWITCH, value)
+    monkeypatch.setenv(register.ENV_SWITCH, value)
     server = fake_server()
-    assert comfy_server._install(server) is False
+    assert register._install(server) is False
     assert ours(server) == [] and server.on_prompt_handlers == []
     assert [route.path for route in server.routes] == ROUTES  # the batch stop stays
     assert BRIDGE not in server.app and CONTROL in server.app
@@ -72,14 +73,14 @@ def test_environment_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch, value:
 def test_frozen_app_is_left_alone() -> None:
     server = fake_server()
     server.app.freeze()
-    assert comfy_server._install(server) is False
+    assert register._install(server) is False
 
 
 def test_executing_prompt_reads_the_running_queue_item() -> None:
     server = fake_server()
     extra = {"client_id": "tab", "extra_pnginfo": {"workflow": {}}, "api_key_comfy_org": "k"}
     server.prompt_queue.currently_running[3] = (0, "pid", {"1": {}}, extra, [])
-    record = comfy_server.executing_prompt(server)
+    record = register.executing_prompt(server)
     assert record is not None
     assert (record.client_id, record.prompt_id, record.extra_pnginfo) == (
         "tab",
@@ -87,7 +88,7 @@ def test_executing_prompt_reads_the_running_queue_item() -> None:
         {"workflow": {}},
     )
     server.prompt_queue.currently_running.clear()
-    assert comfy_server.executing_prompt(server) is None
+    assert register.executing_prompt(server) is None
 
 
 @pytest.mark.parametrize(
@@ -95,9 +96,9 @@ def test_executing_prompt_reads_the_running_queue_item() -> None:
     [("Thread-1 (prompt_worker)", True), ("Thread-3", False), ("MainThread", False)],
 )
 def test_worker_thread_is_known_by_its_target(name: str, expected: bool) -> None:
-    assert comfy_server.is_worker_thread(name) is expected
+    assert internals.is_worker_thread(name) is expected
 
 
 def test_is_connected_reads_the_sockets_map() -> None:
     server = fake_server()
-    assert comfy_server.is_connected(server, "tab") and not comfy_server.is_connected(server, "x")
+    assert internals.is_connected(server, "tab") and not internals.is_connected(server, "x")

@@ -15,7 +15,9 @@ from typing import Any
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
+from ..internals import READY_LOG_LINE
+
+REPO = Path(__file__).resolve().parents[2]
 # What other packs do: re-queue the next iteration by POSTing /prompt from node code.
 NAIVE_PACK = REPO / "examples" / "naive_requeue_pack"
 BOOT_TIMEOUT = 120.0
@@ -126,7 +128,7 @@ def wait_until_up(comfy: Comfy) -> None:
     while time.monotonic() < deadline:
         if comfy.process.poll() is not None:
             raise RuntimeError(f"ComfyUI exited:\n{comfy.log_text()[-3000:]}")
-        if "To see the GUI go to" in comfy.log_text():
+        if READY_LOG_LINE in comfy.log_text():
             return
         time.sleep(0.2)
     raise RuntimeError(f"ComfyUI did not start in {BOOT_TIMEOUT} s:\n{comfy.log_text()[-3000:]}")

@@ -1,0 +1,222 @@
+"""Every ComfyUI internal this package reads or calls, one named function each.
+
+Nothing else in the package imports `server`, `execution`, `folder_paths`, `nodes`,
+`comfy.*` or `comfy_execution.*`, and this module imports nothing of ours, so a new ComfyUI
+release is a change to this one file. Each function says which releases it was checked
+against: v0.3.64 (Comfy-Org/ComfyUI a125cd84, October 2025) and 0.8.0 (upstream 3cd7b32f,
+January 2026). tests/test_internals.py pins the shapes; tests/integration runs them for real.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+# The line ComfyUI logs once its web server listens (main.py start_all / server.py
+# start_multi_address, v0.3.64 and 0.8.0); the launcher waits for it.
+READY_LOG_LINE = "To see the GUI go to"
+
+# The keys of a graph node as a client sends them. ComfyUI adds others to the prompt a node
+# is given (`is_changed`, from the IS_CHANGED results cached in execution.py, v0.3.64 and
+# 0.8.0); a re-queue built from that prompt keeps only these.
+CLIENT_NODE_KEYS = ("class_type", "inputs", "_meta")
+
+
+def prompt_server() -> Any:
+    """`server.PromptServer.instance`, or None outside ComfyUI (v0.3.64, 0.8.0)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return None
+    return getattr(PromptServer, "instance", None)
+
+
+def running_item(server: Any) -> tuple[Any, ...] | None:
+    """The queue item the executor is running now, if any.
+
+    v0.3.64 execution.PromptQueue: `currently_running` maps a task id to the item
+    (number, prompt_id, prompt, extra_data, outputs_to_execute). 0.8.0 appends a sixth
+    field, `sensitive` (the secrets split out of extra_data). The executor runs one at a
+    time. Callers read the first four fields only.
+    """
+    running = list(server.prompt_queue.currently_running.values())
+    return tuple(running[0]) if running else None
+
+
+def item_fields(item: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """(prompt_id, prompt, extra_data) of a queue item; None for a shape we do not know.
+
+    v0.3.64: (number, prompt_id, prompt, extra_data, outputs_to_execute); 0.8.0 adds
+    `sensitive` as a sixth field. Both keep the first four in this order.
+    """
+    if not isinstance(item, (tuple, list)) or len(item) < 4:
+        return None
+    _, prompt_id, prompt, extra_data = item[:4]
+    if not isinstance(prompt, dict) or not isinstance(extra_data, dict):
+        return None
+    return str(prompt_id), prompt, extra_data
+
+
+def with_extra_data(item: Any, extra_data: dict[str, Any]) -> Any:
+    """The same queue item with another extra_data (its fourth field), type kept."""
+    fields = list(item)
+    fields[3] = extra_data
+    return tuple(fields) if isinstance(item, tuple) else fields
+
+
+def running_prompt_id(server: Any) -> str | None:
+    item = running_item(server)
+    return None if item is None else str(item[1])
+
+
+def current_client_id(server: Any) -> str | None:
+    """The running prompt's client id as core routes by it.
+
+    v0.3.64 and 0.8.0 execution.PromptExecutor.execute set `server.client_id` to the
+    prompt's extra_data client_id (None without one) before anything is sent.
+    """
+    client_id = getattr(server, "client_id", None)
+    return client_id if isinstance(client_id, str) else None
+
+
+def is_connected(server: Any, client_id: str) -> bool:
+    """v0.3.64 and 0.8.0 server.PromptServer: `sockets` maps client id -> websocket."""
+    return client_id in server.sockets
+
+
+def is_worker_thread(thread_name: str) -> bool:
+    """Whether a thread is ComfyUI's executor, where node code runs.
+
+    v0.3.64 and 0.8.0 main.py: `threading.Thread(target=prompt_worker, ...)` without a
+    name, which Python >= 3.10 names "Thread-N (prompt_worker)".
+    """
+    return thread_name.endswith("(prompt_worker)")
+
+
+def on_worker_thread() -> bool:
+    return is_worker_thread(threading.current_thread().name)
+
+
+def listen_port() -> int | None:
+    """v0.3.64 and 0.8.0 comfy/cli_args.py: the `--port` argument the server binds."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return None
+    port = getattr(args, "port", None)
+    return port if isinstance(port, int) else None
+
+
+def listen_addresses() -> list[str]:
+    """The addresses ComfyUI binds: `--listen`, comma-separated (v0.3.64 and 0.8.0
+    comfy/cli_args.py, split in main.py start_all); "127.0.0.1" without the flag."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return []
+    listen = getattr(args, "listen", None)
+    return [a.strip() for a in str(listen or "127.0.0.1").split(",") if a.strip()]
+
+
+def is_prompt_alive(server: Any, prompt_id: str) -> bool:
+    """v0.3.64 and 0.8.0 PromptQueue.get_current_queue_volatile: (running, queued) lists of
+    items (number, prompt_id, ...)."""
+    running, queued = server.prompt_queue.get_current_queue_volatile()
+    return any(item[1] == prompt_id for item in [*running, *queued])
+
+
+def drop_queued(server: Any, prompt_id: str) -> bool:
+    """v0.3.64 and 0.8.0 PromptQueue.delete_queue_item, as POST /queue {"delete"} uses."""
+    return bool(server.prompt_queue.delete_queue_item(lambda item: item[1] == prompt_id))
+
+
+def interrupt() -> None:
+    """ComfyUI's own cancel of the running prompt (nodes.interrupt_processing, both)."""
+    import nodes
+
+    nodes.interrupt_processing()
+
+
+def execution_blocker() -> Any:
+    """An output that makes downstream nodes skip quietly (v0.3.64 and 0.8.0
+    comfy_execution.graph_utils.ExecutionBlocker(None): no error, no message)."""
+    from comfy_execution.graph_utils import ExecutionBlocker
+
+    return ExecutionBlocker(None)
+
+
+def show_node_progress(node_id: str, value: int, total: int) -> None:
+    """ComfyUI's progress bar on a node (comfy.utils.ProgressBar, v0.3.64 and 0.8.0)."""
+    import comfy.utils
+
+    comfy.utils.ProgressBar(total, node_id=node_id).update_absolute(value, total)
+
+
+def user_directory() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_user_directory())
+
+
+def input_directory() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_input_directory())
+
+
+def output_directory() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_output_directory())
+
+
+def temp_directory() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_temp_directory())
+
+
+def prompt_url(server: Any) -> str:
+    """Our own /prompt over loopback; node code is a client like any other.
+
+    v0.3.64 and 0.8.0 server.PromptServer: `address` (the first `--listen` address),
+    `port`, and `ssl` (an SSLContext when --tls-keyfile is given)."""
+    address = getattr(server, "address", "127.0.0.1") or "127.0.0.1"
+    host = address.split(",")[0]
+    if host in ("0.0.0.0", ""):  # a listen address: reach it over loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if getattr(server, "ssl", None) else "http"
+    return f"{scheme}://{host}:{server.port}/prompt"
+
+
+def loopback_tls_context() -> ssl.SSLContext:
+    """Our own server over loopback: its certificate names a host, not 127.0.0.1, and is
+    often self-signed, so it is not checked. The connection never leaves this machine."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def queue_prompt(server: Any, body: dict[str, Any]) -> str:
+    """POST /prompt from node code: validation and every on-prompt handler run as usual."""
+    request = urllib.request.Request(
+        prompt_url(server),
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    context = loopback_tls_context() if request.full_url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(request, timeout=60, context=context) as response:
+            return str(json.loads(response.read())["prompt_id"])
+    except urllib.error.HTTPError as error:
+        raise RuntimeError(f"ComfyUI refused the next prompt: {error.read()[:500]!r}") from error

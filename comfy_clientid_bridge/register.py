@@ -1,0 +1,114 @@
+"""Installs the package on ComfyUI's PromptServer: routes, middlewares and hooks.
+
+Nothing imports this module but the root `__init__.py`; what it reads of ComfyUI comes
+through `internals`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from . import internals
+from .batch.control import (
+    CONTROL,
+    BatchControl,
+    batch_cancel_middleware,
+    batch_status,
+    stop_batch,
+)
+from .batch.engine import batch_engine
+from .routing.decisions import Bridge
+from .routing.lineage import PromptRecord
+from .routing.middleware import BRIDGE, MARKER, clientid_bridge_middleware, status
+from .routing.self_connections import SELF_CONNECTIONS
+
+logger = logging.getLogger(__name__)
+
+ENV_SWITCH = "COMFY_CLIENTID_BRIDGE"
+OFF_VALUES = frozenset({"0", "off", "false", "no", "disabled"})
+STATUS_PATH = "/clientid_bridge/status"
+BATCH_PATH = "/clientid_bridge/batch/{batch_id}"
+
+
+def enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    return environ.get(ENV_SWITCH, "1").strip().lower() not in OFF_VALUES
+
+
+def executing_prompt(server: Any) -> PromptRecord | None:
+    """The running prompt as the bridge compares it: its tab, workflow and graph."""
+    fields = internals.item_fields(internals.running_item(server))
+    if fields is None:
+        return None
+    prompt_id, graph, extra_data = fields
+    client_id = extra_data.get("client_id")
+    pnginfo = extra_data.get("extra_pnginfo")
+    return PromptRecord(
+        client_id=client_id if isinstance(client_id, str) else None,
+        prompt_id=prompt_id,
+        graph=graph,
+        extra_pnginfo=pnginfo if isinstance(pnginfo, dict) else None,
+    )
+
+
+def register() -> bool:
+    """Installs the bridge on PromptServer.instance; True when it is (or already was) there.
+
+    Never raises: a failure here must not break ComfyUI's loading of custom nodes.
+    """
+    try:
+        import server as _  # noqa: F401 - only ComfyUI has it
+    except ImportError:
+        logger.debug("clientid_bridge: not inside ComfyUI, nothing registered")
+        return False
+    server = internals.prompt_server()
+    if server is None:
+        logger.warning("clientid_bridge: PromptServer.instance is missing; not registered")
+        return False
+    try:
+        return _install(server)
+    except Exception:
+        logger.exception("clientid_bridge: could not register; ComfyUI runs without it")
+        return False
+
+
+def _install_batch(server: Any) -> None:
+    """The batch nodes' stop route and cancel handling; on even when the bridge is off."""
+    control = BatchControl(
+        engine=batch_engine(),
+        executing_prompt_id=lambda: internals.running_prompt_id(server),
+        drop_queued=lambda prompt_id: internals.drop_queued(server, prompt_id),
+        interrupt=internals.interrupt,
+    )
+    server.app[CONTROL] = control
+    server.routes.get(BATCH_PATH)(batch_status)
+    server.routes.post(BATCH_PATH + "/stop")(stop_batch)
+    server.app.middlewares.append(batch_cancel_middleware(control=control))
+
+
+def _install(server: Any) -> bool:
+    app = server.app
+    if any(getattr(route, "path", None) == STATUS_PATH for route in server.routes):
+        return any(getattr(m, MARKER, False) for m in app.middlewares)
+    if app.frozen:
+        logger.warning("clientid_bridge: the web app is frozen already; not registered")
+        return False
+    server.routes.get(STATUS_PATH)(status)
+    _install_batch(server)
+    if not enabled():
+        logger.info("clientid_bridge: off (%s); ComfyUI routes events as usual", ENV_SWITCH)
+        return False
+    bridge = Bridge(
+        executing=lambda: executing_prompt(server),
+        is_connected=lambda client_id: internals.is_connected(server, client_id),
+        is_worker_thread=internals.is_worker_thread,
+    )
+    port = internals.listen_port()
+    if port is not None:
+        SELF_CONNECTIONS.watch_port(port)
+    app[BRIDGE] = bridge
+    app.middlewares.append(clientid_bridge_middleware(bridge=bridge, connections=SELF_CONNECTIONS))
+    server.add_on_prompt_handler(bridge.on_prompt)
+    logger.info("clientid_bridge: re-queued prompts now reach the tab that started them")
+    return True
