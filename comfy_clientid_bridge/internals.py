@@ -14,6 +14,7 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,40 @@ def with_extra_data(item: Any, extra_data: dict[str, Any]) -> Any:
     fields = list(item)
     fields[3] = extra_data
     return tuple(fields) if isinstance(item, tuple) else fields
+
+
+def running_extra_data(server: Any) -> dict[str, Any] | None:
+    """The running prompt's extra_data (client_id, extra_pnginfo, ...); None when idle."""
+    fields = item_fields(running_item(server))
+    return None if fields is None else fields[2]
+
+
+def route_sends(
+    server: Any,
+    wrap_sync: Callable[[Callable[..., Any]], Callable[..., Any]],
+    wrap_async: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> None:
+    """Puts wrappers around PromptServer.send_sync and the async send, on the instance.
+
+    v0.3.64 and 0.8.0 server.py: everything core and node code send goes through
+    `self.send_sync(event, data, sid)` (queue_updated, send_progress_text, the executor,
+    the progress hook) or `await self.send(event, data, sid)` (publish_loop, the websocket
+    handler), always looked up on the instance, so an instance attribute replaces both.
+    """
+    server.send_sync = wrap_sync(server.send_sync)
+    server.send = wrap_async(server.send)
+
+
+def route_queue_puts(
+    server: Any, wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]
+) -> None:
+    """Puts a wrapper around PromptQueue.put on the instance.
+
+    v0.3.64 and 0.8.0: PromptServer.__init__ creates `self.prompt_queue =
+    execution.PromptQueue(self)` before custom nodes load, and every put (core's /prompt
+    handler, packs' node code) calls `prompt_queue.put(item)` on that instance."""
+    queue = server.prompt_queue
+    queue.put = wrap(queue.put)
 
 
 def running_prompt_id(server: Any) -> str | None:

@@ -6,8 +6,10 @@ through `internals`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from . import internals
@@ -19,21 +21,37 @@ from .batch.control import (
     stop_batch,
 )
 from .batch.engine import batch_engine
+from .routing.broadcasts import (
+    BroadcastRouter,
+    keep_broadcast_from,
+    routing_send,
+    routing_send_sync,
+)
 from .routing.decisions import Bridge
 from .routing.lineage import PromptRecord
-from .routing.middleware import BRIDGE, MARKER, clientid_bridge_middleware, status
+from .routing.middleware import (
+    BRIDGE,
+    BROADCASTS,
+    MARKER,
+    QUEUE_PUTS,
+    clientid_bridge_middleware,
+    status,
+)
+from .routing.queue_puts import QueuePutRouter, Running, routing_put
 from .routing.self_connections import SELF_CONNECTIONS
 
 logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "COMFY_CLIENTID_BRIDGE"
+# Broadcasts and queue puts from node code; off with the bridge too.
+ENV_BROADCASTS_SWITCH = "COMFY_CLIENTID_BRIDGE_BROADCASTS"
 OFF_VALUES = frozenset({"0", "off", "false", "no", "disabled"})
 STATUS_PATH = "/clientid_bridge/status"
 BATCH_PATH = "/clientid_bridge/batch/{batch_id}"
 
 
-def enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
-    return environ.get(ENV_SWITCH, "1").strip().lower() not in OFF_VALUES
+def enabled(environ: Mapping[str, str] = os.environ, switch: str = ENV_SWITCH) -> bool:
+    return environ.get(switch, "1").strip().lower() not in OFF_VALUES
 
 
 def executing_prompt(server: Any) -> PromptRecord | None:
@@ -111,4 +129,58 @@ def _install(server: Any) -> bool:
     app.middlewares.append(clientid_bridge_middleware(bridge=bridge, connections=SELF_CONNECTIONS))
     server.add_on_prompt_handler(bridge.on_prompt)
     logger.info("clientid_bridge: re-queued prompts now reach the tab that started them")
+    if enabled(switch=ENV_BROADCASTS_SWITCH):
+        _install_node_traffic(server)
+    else:
+        logger.info(
+            "clientid_bridge: broadcasts and queue puts left as they are (%s)",
+            ENV_BROADCASTS_SWITCH,
+        )
     return True
+
+
+def running_client(server: Any) -> str | None:
+    extra_data = internals.running_extra_data(server)
+    client_id = None if extra_data is None else extra_data.get("client_id")
+    return client_id if isinstance(client_id, str) else None
+
+
+def running(server: Any) -> Running | None:
+    extra_data = internals.running_extra_data(server)
+    if extra_data is None:
+        return None
+    client_id = extra_data.get("client_id")
+    return Running(
+        client_id if isinstance(client_id, str) else None, extra_data.get("extra_pnginfo")
+    )
+
+
+def _extra_data_of(item: Any) -> dict[str, Any] | None:
+    fields = internals.item_fields(item)
+    return None if fields is None else fields[2]
+
+
+def _install_node_traffic(server: Any) -> None:
+    """Node code's broadcasts and queue puts go to the running prompt's tab."""
+    is_connected = functools.partial(internals.is_connected, server)
+    broadcasts = BroadcastRouter(
+        running_client=lambda: running_client(server),
+        is_connected=is_connected,
+        on_worker_thread=internals.on_worker_thread,
+        keep_broadcast=keep_broadcast_from(),
+    )
+    puts = QueuePutRouter(
+        running=lambda: running(server),
+        is_connected=is_connected,
+        on_worker_thread=internals.on_worker_thread,
+        extra_data_of=_extra_data_of,
+        with_extra_data=internals.with_extra_data,
+    )
+    internals.route_sends(
+        server,
+        lambda send_sync: routing_send_sync(send_sync, broadcasts),
+        lambda send: routing_send(send, broadcasts),
+    )
+    internals.route_queue_puts(server, lambda put: routing_put(put, puts))
+    server.app[BROADCASTS] = broadcasts
+    server.app[QUEUE_PUTS] = puts

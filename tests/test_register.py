@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from comfy_clientid_bridge import internals, register
 from comfy_clientid_bridge.batch import engine as engine_module
 from comfy_clientid_bridge.batch.control import CONTROL
 from comfy_clientid_bridge.batch.engine import BatchEngine
 from comfy_clientid_bridge.batch.state import StateStore
-from comfy_clientid_bridge.routing.middleware import BRIDGE, MARKER
+from comfy_clientid_bridge.routing.middleware import BRIDGE, MARKER, status
 
 ROUTES = [
     register.STATUS_PATH,
@@ -33,14 +37,29 @@ def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BatchEngine:
 
 def fake_server() -> Any:
     handlers: list[Any] = []
+    sent: list[tuple[Any, Any, Any]] = []
+    put: list[Any] = []
+
+    async def send(event: Any, data: Any, sid: Any = None) -> None:
+        sent.append((event, data, sid))
+
     return SimpleNamespace(
         app=web.Application(),
         routes=web.RouteTableDef(),
         on_prompt_handlers=handlers,
         add_on_prompt_handler=handlers.append,
         sockets={"tab": object()},
-        prompt_queue=SimpleNamespace(currently_running={}),
+        prompt_queue=SimpleNamespace(currently_running={}, put=put.append, items=put),
+        send_sync=lambda event, data, sid=None: sent.append((event, data, sid)),
+        send=send,
+        sent=sent,
     )
+
+
+def from_executor(call: Any) -> None:
+    thread = threading.Thread(target=call, name="Thread-1 (prompt_worker)")
+    thread.start()
+    thread.join()
 
 
 def ours(server: Any) -> list[Any]:
@@ -102,3 +121,46 @@ def test_worker_thread_is_known_by_its_target(name: str, expected: bool) -> None
 def test_is_connected_reads_the_sockets_map() -> None:
     server = fake_server()
     assert internals.is_connected(server, "tab") and not internals.is_connected(server, "x")
+
+
+def node_traffic(server: Any) -> tuple[Any, Any]:
+    """What node code's broadcast and queue put become, with tab "tab" running a prompt."""
+    server.prompt_queue.currently_running[1] = (0, "pid", {}, {"client_id": "tab"}, [])
+    from_executor(lambda: server.send_sync("executed", {"node": "9"}))
+    from_executor(lambda: asyncio.run(server.send("impact-add-queue", {})))
+    from_executor(lambda: server.prompt_queue.put((1, "next", {}, {}, [])))
+    return server.sent, server.prompt_queue.items[0][3].get("client_id")
+
+
+def test_node_broadcasts_and_queue_puts_are_routed_once_installed() -> None:
+    server = fake_server()
+    assert register._install(server) is True
+    sent, put_client = node_traffic(server)
+    assert [sid for _, _, sid in sent] == ["tab", "tab"]
+    assert put_client == "tab"
+
+
+@pytest.mark.parametrize(
+    "switch", [register.ENV_SWITCH, register.ENV_BROADCASTS_SWITCH], ids=["bridge", "own"]
+)
+def test_either_switch_leaves_node_traffic_as_core_sends_it(
+    monkeypatch: pytest.MonkeyPatch, switch: str
+) -> None:
+    monkeypatch.setenv(switch, "0")
+    server = fake_server()
+    register._install(server)
+    sent, put_client = node_traffic(server)
+    assert [sid for _, _, sid in sent] == [None, None]
+    assert put_client is None
+    assert (BRIDGE in server.app) is (switch == register.ENV_BROADCASTS_SWITCH)
+
+
+async def test_status_route_counts_routed_broadcasts_by_event_name() -> None:
+    server = fake_server()
+    register._install(server)
+    node_traffic(server)
+    response = await status(make_mocked_request("GET", "/", app=server.app))
+    body = json.loads(response.body)
+    assert body["routed_broadcasts"] == {"executed": 1, "impact-add-queue": 1}
+    assert body["queue_puts"] == {"rewrite": 1}
+    assert body["kept_broadcast"] == ["status"]

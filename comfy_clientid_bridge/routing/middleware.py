@@ -8,10 +8,14 @@ from collections.abc import Iterable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .broadcasts import BroadcastRouter
 from .decisions import PENDING, Bridge, Pending
+from .queue_puts import QueuePutRouter
 from .self_connections import SelfConnections, normalize
 
 BRIDGE = web.AppKey("comfy_clientid_bridge.bridge", Bridge)
+BROADCASTS = web.AppKey("comfy_clientid_bridge.broadcasts", BroadcastRouter)
+QUEUE_PUTS = web.AppKey("comfy_clientid_bridge.queue_puts", QueuePutRouter)
 
 # ComfyUI registers each route twice: as written and under /api (server.add_routes).
 DEFAULT_PROMPT_PATHS = ("/prompt", "/api/prompt")
@@ -73,4 +77,10 @@ async def status(request: web.Request) -> web.Response:
     bridge = request.app.get(BRIDGE)
     if bridge is None:
         return web.json_response({"enabled": False})
-    return web.json_response({"enabled": True, **bridge.status()})
+    broadcasts, puts = request.app.get(BROADCASTS), request.app.get(QUEUE_PUTS)
+    node_traffic = (
+        {} if broadcasts is None or puts is None else {**broadcasts.status(), **puts.status()}
+    )
+    return web.json_response(
+        {"enabled": True, "node_traffic": broadcasts is not None, **bridge.status(), **node_traffic}
+    )

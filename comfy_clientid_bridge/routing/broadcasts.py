@@ -1,0 +1,90 @@
+"""Node code's broadcasts (messages sent with no sid) go to the tab whose prompt is running."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# ComfyUI's own broadcasts about the server, not about a prompt, that core sends from the
+# executor thread with no sid: PromptServer.queue_updated -> "status" (the queue size every
+# tab shows), called by PromptQueue.put and task_done. The complete list for v0.3.64 and
+# 0.8.0 (every `send_sync`/`send` call in core without a sid; the others pass
+# `server.client_id`, which is None only for a prompt without a client, and we leave those).
+SERVER_EVENTS = frozenset({"status"})
+
+# Event names an administrator wants kept as broadcasts, comma-separated.
+ENV_KEEP_BROADCAST = "COMFY_CLIENTID_BRIDGE_BROADCAST_EVENTS"
+
+
+def event_name(event: Any) -> str:
+    """Binary events are ints (server.BinaryEventTypes); names are what people list."""
+    return event if isinstance(event, str) else str(event)
+
+
+def keep_broadcast_from(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
+    listed = environ.get(ENV_KEEP_BROADCAST, "")
+    return SERVER_EVENTS | {name.strip() for name in listed.split(",") if name.strip()}
+
+
+@dataclass
+class BroadcastRouter:
+    """Decides where a message without a sid goes.
+
+    `running_client` is the client id of the prompt running now (None when nothing runs or
+    it has no client), `is_connected` whether a client id has an open websocket, and
+    `on_worker_thread` whether the caller is ComfyUI's executor, where node code runs.
+    """
+
+    running_client: Callable[[], str | None]
+    is_connected: Callable[[str], bool]
+    on_worker_thread: Callable[[], bool]
+    keep_broadcast: frozenset[str] = SERVER_EVENTS
+    routed: Counter[str] = field(default_factory=Counter)
+
+    def target(self, event: Any, sid: str | None) -> str | None:
+        """The sid to send with: unchanged, or the running prompt's client for node code."""
+        if sid is not None or not self.on_worker_thread():
+            return sid
+        name = event_name(event)
+        if name in self.keep_broadcast:
+            return None
+        client_id = self.running_client()
+        if client_id is None or not self.is_connected(client_id):
+            return None
+        if name not in self.routed:
+            logger.info("clientid_bridge: %r broadcasts from node code now go to their tab", name)
+        self.routed[name] += 1
+        return client_id
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "routed_broadcasts": dict(self.routed),
+            "kept_broadcast": sorted(self.keep_broadcast),
+        }
+
+
+def routing_send_sync(send_sync: Callable[..., Any], router: BroadcastRouter) -> Callable[..., Any]:
+    """PromptServer.send_sync(event, data, sid=None) with the sid the router chooses."""
+
+    def send_sync_routed(event: Any, data: Any, sid: str | None = None) -> Any:
+        return send_sync(event, data, router.target(event, sid))
+
+    return send_sync_routed
+
+
+def routing_send(send: Callable[..., Any], router: BroadcastRouter) -> Callable[..., Any]:
+    """The async PromptServer.send(event, data, sid=None), routed the same way.
+
+    Core's publish loop calls it on the server's thread for every queued message: those
+    pass through, since the router acts on the executor thread only."""
+
+    async def send_routed(event: Any, data: Any, sid: str | None = None) -> Any:
+        return await send(event, data, router.target(event, sid))
+
+    return send_routed
