@@ -15,6 +15,7 @@ from comfy_clientid_bridge.batch.state import (
     StateStore,
     batch_id,
     first_unfinished,
+    last_status,
     read_report,
 )
 
@@ -33,11 +34,7 @@ def make_state(**changes: Any) -> BatchState:
         "batch_id": "0123456789abcdef",
         "folder": "/data/ïn put",
         "files": list(NASTY_FILES),
-        "next_index": 2,
-        "done": {0: "saved", 1: "failed"},
-        "started_at": 1000.5,
-        "updated_at": 1010.25,
-        "stopped": False,
+        "output_folder": "/data/öut/batch",
     }
     return BatchState(**{**fields, **changes})
 
@@ -67,10 +64,28 @@ def test_batch_id_changes_with_each_input(field: str, value: object) -> None:
 
 
 def test_batch_state_round_trips_nasty_names() -> None:
-    state = make_state(stopped=True)
+    state = make_state()
     restored = BatchState.from_json(state.to_json())
     assert restored == state
-    assert restored.done == {0: "saved", 1: "failed"}
+    assert restored.files == NASTY_FILES
+
+
+def test_a_version_1_state_gives_its_listing() -> None:
+    """Written before progress moved to the report: its per-index fields are not read."""
+    old = {
+        "version": 1,
+        "batch_id": "0123456789abcdef",
+        "folder": "/in",
+        "files": ["a.png"],
+        "next_index": 0,
+        "done": {"0": "saved"},
+        "started_at": 1.0,
+        "updated_at": 2.0,
+        "stopped": False,
+    }
+    assert BatchState.from_json(json.dumps(old)) == BatchState(
+        "0123456789abcdef", "/in", ["a.png"], ""
+    )
 
 
 def test_batch_state_json_is_ascii() -> None:
@@ -98,9 +113,9 @@ def test_save_then_load(store: StateStore) -> None:
 
 def test_save_replaces_the_previous_state(store: StateStore) -> None:
     store.save(make_state())
-    store.save(make_state(next_index=4, done={0: "saved", 1: "saved", 2: "skipped"}))
+    store.save(make_state(files=["new.png"]))
     loaded = store.load("0123456789abcdef")
-    assert loaded is not None and loaded.next_index == 4
+    assert loaded is not None and loaded.files == ["new.png"]
 
 
 def test_a_failed_save_keeps_the_previous_state(
@@ -113,7 +128,7 @@ def test_a_failed_save_keeps_the_previous_state(
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
-        store.save(make_state(next_index=4))
+        store.save(make_state(files=["new.png"]))
     monkeypatch.undo()
     assert store.load("0123456789abcdef") == make_state()
     assert os.listdir(store.root) == ["0123456789abcdef.json"]
@@ -133,13 +148,11 @@ def valid_json(**changes: Any) -> str:
         b"[]",
         valid_json(version=99).encode(),
         valid_json(batch_id="fedcba9876543210").encode(),
-        valid_json(next_index="3").encode(),
-        valid_json(next_index=True).encode(),
+        valid_json(folder=3).encode(),
+        valid_json(files="a.png").encode(),
         valid_json(files=["a.png", 3]).encode(),
-        valid_json(done={"0": 1}).encode(),
-        valid_json(done={"first": "saved"}).encode(),
-        valid_json(stopped="no").encode(),
-        valid_json(started_at=None).encode(),
+        valid_json(output_folder=None).encode(),
+        valid_json(batch_id=None).encode(),
     ],
     ids=[
         "empty",
@@ -148,13 +161,11 @@ def valid_json(**changes: Any) -> str:
         "not-an-object",
         "future-version",
         "other-batch",
-        "index-as-text",
-        "index-as-bool",
+        "folder-not-text",
+        "files-not-a-list",
         "file-not-text",
-        "status-not-text",
-        "index-not-number",
-        "stopped-not-bool",
-        "missing-time",
+        "output-not-text",
+        "id-missing",
     ],
 )
 def test_a_bad_state_file_is_ignored_with_a_warning(
@@ -172,13 +183,6 @@ def test_a_bad_state_file_is_ignored_with_a_warning(
 def test_path_for_rejects_ids_that_are_not_hex(store: StateStore, bad_id: str) -> None:
     with pytest.raises(ValueError, match="batch id must be 1-64 lowercase hex digits"):
         store.path_for(bad_id)
-
-
-def test_delete(store: StateStore) -> None:
-    store.save(make_state())
-    store.delete("0123456789abcdef")
-    store.delete("0123456789abcdef")  # deleting twice is fine
-    assert store.load("0123456789abcdef") is None
 
 
 RECORDS = [
@@ -238,17 +242,40 @@ def test_read_report_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     ("done", "expected"),
     [
         ({}, 0),
-        ({0: "saved", 1: "skipped"}, 2),
-        ({0: "saved", 1: "failed", 2: "saved"}, 1),
-        ({0: "saved", 2: "saved"}, 1),
-        ({index: "saved" for index in range(5)}, None),
-        ({0: "saved", 1: "saved", 2: "skipped", 3: "saved", 4: "running"}, 4),
+        ({"a": "saved", "b": "skipped"}, 2),
+        ({"a": "saved", "b": "failed", "c": "saved"}, 1),
+        ({"a": "saved", "c": "saved"}, 1),
+        ({"a": "saved", "b": "missing"}, 1),
+        ({name: "saved" for name in "abcde"}, None),
+        ({"a": "saved", "b": "saved", "c": "skipped", "d": "saved", "e": "running"}, 4),
+        ({"b": "saved", "zz": "saved"}, 0),
     ],
-    ids=["fresh", "after-saved-and-skipped", "failed-is-retried", "gap", "all-done", "unknown"],
+    ids=[
+        "fresh",
+        "after-saved-and-skipped",
+        "failed-is-retried",
+        "gap",
+        "missing-is-retried",
+        "all-done",
+        "unknown",
+        "others-done",
+    ],
 )
-def test_first_unfinished(done: dict[int, str], expected: int | None) -> None:
-    assert first_unfinished(make_state(files=list("abcde"), done=done)) == expected
+def test_first_unfinished(done: dict[str, str], expected: int | None) -> None:
+    assert first_unfinished(list("abcde"), done) == expected
 
 
 def test_first_unfinished_of_an_empty_batch_is_none() -> None:
-    assert first_unfinished(make_state(files=[], done={})) is None
+    assert first_unfinished([], {}) is None
+
+
+def test_last_status_is_keyed_by_source_and_the_last_line_wins() -> None:
+    records = [
+        {"index": 0, "source": "a.png", "status": "failed"},
+        {"index": 1, "source": "b.png", "status": "saved"},
+        {"index": 0, "source": "a.png", "status": "saved"},
+        {"index": None, "source": "gone.png", "status": "missing"},
+        {"index": 3, "source": 7, "status": "saved"},
+        {"index": 4, "source": "c.png"},
+    ]
+    assert last_status(records) == {"a.png": "saved", "b.png": "saved", "gone.png": "missing"}

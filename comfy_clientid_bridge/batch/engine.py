@@ -7,8 +7,9 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .state import (
     StateStore,
     batch_id,
     first_unfinished,
+    last_status,
     read_report,
 )
 
@@ -76,16 +78,26 @@ class Halt:
     state: str
 
 
+# What the summary counts; "failed" and "unreadable" are shown together as failed.
+COUNTED_STATUSES = ("saved", "skipped", "unreadable", "failed", "missing")
+
+
 @dataclass
 class _Run:
-    """What the process knows of a batch beyond its files: not persisted on purpose.
+    """One run of a batch: its listing, made at the run's start, and what is done of it.
 
-    ComfyUI's queue does not survive a restart, so neither do pending prompt ids.
+    `done` maps a listed file (relative to the folder) to its status: finished ones read
+    from the report at the start, then this run's. Not persisted beyond the state file and
+    the report on purpose: ComfyUI's queue does not survive a restart, so neither do
+    pending prompt ids.
     """
 
     state: BatchState
     report: ReportWriter
-    started: float = field(default_factory=time.monotonic)
+    done: dict[str, str]
+    counts: Counter[str]
+    current: int = 0
+    started: float = 0.0  # time.monotonic() at the run's start
     done_at_start: int = 0
     running_prompt_id: str | None = None
     pending_prompt_id: str | None = None
@@ -121,7 +133,7 @@ def source_batch_id(source: Source, key: str) -> str:
 
 
 class BatchEngine:
-    """Batches by id: files listed once, progress from the append-only report.
+    """Batches by id: the folder listed once per run, progress from the append-only report.
 
     `is_alive(prompt_id)` says whether a prompt is still queued or running in ComfyUI.
     """
@@ -158,12 +170,11 @@ class BatchEngine:
         if run is not None and run.pending_prompt_id and self.is_alive(run.pending_prompt_id):
             message = f"already running ({self.progress(batch)}); not started twice"
             return Halt(batch, message, "busy")
-        run = self._load(batch, source)
-        index = first_unfinished(run.state)
+        run = self._runs[batch] = self._open(batch, source.folder, source.list())
+        index = first_unfinished(run.state.files, run.done)
         if index is None:
             return Halt(batch, f"already complete: {self.summary(batch)}", "complete")
-        run.stopped, run.pending_prompt_id, run.finished = False, None, False
-        run.started, run.done_at_start = time.monotonic(), len(run.state.done)
+        run.done_at_start = len(run.done)
         return self.claim(batch, index, prompt_id)
 
     def _continue(self, batch: str, cursor: int, prompt_id: str | None) -> Item | Halt:
@@ -173,36 +184,41 @@ class BatchEngine:
             return Halt(batch, message, "unknown")
         if run.stopped:
             return Halt(batch, f"stopped at {self.progress(batch)}", "stopped")
-        if cursor >= len(run.state.files) or run.state.done.get(cursor) in FINISHED_STATUSES:
+        files = run.state.files
+        if cursor >= len(files) or run.done.get(files[cursor]) in FINISHED_STATUSES:
             message = f"image {cursor + 1} was already processed; duplicate skipped"
             return Halt(batch, message, "duplicate")
         run.pending_prompt_id = None
         return self.claim(batch, cursor, prompt_id)
 
-    def _load(self, batch: str, source: Source) -> _Run:
-        run = self._runs.get(batch)
-        if run is None:
-            state = self.store.load(batch)
-            if state is None:
-                state = BatchState(batch_id=batch, folder=str(source.folder), files=source.list())
-                self.store.save(state)  # the list, once per batch
-            run = _Run(state, ReportWriter(self.report_path(batch)))
-            self._runs[batch] = run
-        # The report is the progress: the last line per image wins. A "failed" save is
-        # tried again in this pass; the others are final.
-        done: dict[int, str] = {}
-        for line in read_report(run.report.path):
-            index = line.get("index")
-            if isinstance(index, int) and 0 <= index < len(run.state.files):
-                done[index] = str(line.get("status"))
-        run.state.done = {i: status for i, status in done.items() if status in FINISHED_STATUSES}
-        return run
+    def _open(self, batch: str, folder: Path, files: list[str]) -> _Run:
+        """A run over this listing. The report is the progress: the last line per file wins,
+        and a "failed" save is tried again. Files listed last time but gone now are
+        reported once as "missing"."""
+        previous = self.store.load(batch)
+        report = ReportWriter(self.report_path(batch))
+        last = last_status(read_report(report.path))
+        listed = set(files)
+        gone = [
+            source
+            for source in (previous.files if previous else [])
+            if source not in listed and last.get(source) not in (*FINISHED_STATUSES, "missing")
+        ]
+        for source in gone:
+            report.write(None, source, None, "missing", "no longer in the folder")
+        state = BatchState(batch, str(folder), files, previous.output_folder if previous else "")
+        if state != previous:
+            self.store.save(state)
+        done = {f: last[f] for f in files if last.get(f) in FINISHED_STATUSES}
+        counts = Counter(done.values())
+        counts["missing"] = len(gone)
+        return _Run(state, report, done, counts, started=time.monotonic())
 
     def claim(self, batch: str, index: int, prompt_id: str | None) -> Item:
         """Makes `index` the batch's current image, run by `prompt_id`."""
         with self._lock:
             run = self._runs[batch]
-            run.state.next_index, run.running_prompt_id = index, prompt_id
+            run.current, run.running_prompt_id = index, prompt_id
             source = run.state.files[index]
             path = Path(run.state.folder) / source
             return Item(batch, index, len(run.state.files), source, path)
@@ -213,10 +229,10 @@ class BatchEngine:
     def done_of_total(self, batch: str) -> tuple[int, int]:
         """(images saved, skipped or failed so far, images in the batch)."""
         run = self._runs[batch]
-        return len(run.state.done), len(run.state.files)
+        return len(run.done), len(run.state.files)
 
     def current(self, batch: str) -> int:
-        return self._runs[batch].state.next_index
+        return self._runs[batch].current
 
     def running_prompt_id(self, batch: str) -> str | None:
         run = self._runs.get(batch)
@@ -231,15 +247,28 @@ class BatchEngine:
         """One line in the report per input; the report is what a resume reads."""
         with self._lock:
             run = self._runs[batch]
-            run.report.write(index, run.state.files[index], output, status, error)
-            run.state.done[index] = status
+            source = run.state.files[index]
+            run.report.write(index, source, output, status, error)
+            previous = run.done.get(source)
+            if previous is not None:
+                run.counts[previous] -= 1
+            run.done[source], run.counts[status] = status, run.counts[status] + 1
+
+    def writes_to(self, batch: str, folder: Path) -> None:
+        """Where the saver puts this batch's images: the summary's "output:" names it."""
+        with self._lock:
+            state = self._runs[batch].state
+            if state.output_folder != str(folder):
+                state.output_folder = str(folder)
+                self.store.save(state)
 
     def next_index(self, batch: str, after: int) -> int | None:
         """The next image of this pass, or None when the batch is done."""
         with self._lock:
             run = self._runs[batch]
-            for index in range(after + 1, len(run.state.files)):
-                if index not in run.state.done:
+            files = run.state.files
+            for index in range(after + 1, len(files)):
+                if files[index] not in run.done:
                     return index
             return None
 
@@ -297,23 +326,24 @@ class BatchEngine:
             return summary
 
     def counts(self, batch: str) -> dict[str, int]:
-        statuses = list(self._runs[batch].state.done.values())
-        return {name: statuses.count(name) for name in ("saved", "skipped", "unreadable", "failed")}
+        counts = self._runs[batch].counts
+        return {name: counts[name] for name in COUNTED_STATUSES}
 
     def progress(self, batch: str, current: str = "") -> str:
         run = self._runs[batch]
         elapsed = time.monotonic() - run.started
-        done, total = len(run.state.done), len(run.state.files)
+        done, total = len(run.done), len(run.state.files)
         return progress_text(done, total, current, elapsed, done_before=run.done_at_start)
 
     def badge(self, batch: str) -> str:
         """What the loader's badge shows: '12/240 · ETA 3:10', or the end state."""
         run = self._runs[batch]
         counts = self.counts(batch)
-        done, total = len(run.state.done), len(run.state.files)
+        done, total = len(run.done), len(run.state.files)
         if run.finished or done == total:
             failed = counts["unreadable"] + counts["failed"]
             tail = f", {failed} failed" if failed else ""
+            tail += f", {counts['missing']} missing" if counts["missing"] else ""
             return f"done: {counts['saved']} saved, {counts['skipped']} skipped{tail}"
         if run.stopped:
             return f"stopped: {done}/{total}"
@@ -329,7 +359,8 @@ class BatchEngine:
             counts["skipped"],
             counts["unreadable"] + counts["failed"],
             time.monotonic() - run.started,
-            self.report_dir,
+            run.state.output_folder or self.report_dir,
+            missing=counts["missing"],
         )
 
     def status(self, batch: str) -> dict[str, Any] | None:
@@ -340,7 +371,7 @@ class BatchEngine:
         return {
             "batch_id": batch,
             "total": len(run.state.files),
-            "done": len(run.state.done),
+            "done": len(run.done),
             "counts": self.counts(batch),
             "stopped": run.stopped,
             "finished": run.finished,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import internals
 from .engine import (
@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 CATEGORY = "clientid_bridge/batch"
 PREFIX = "ClientIdBridge_"
-FORMATS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+# The saver's `format` choices -> the file extension each is saved with.
+EXTENSION_OF_FORMAT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 BATCH_ID = ("STRING", {"forceInput": True})
 INDEX = ("INT", {"forceInput": True})
 
@@ -137,8 +138,7 @@ class BatchImageLoader:
         claimed, rgb, mask = loaded
         _show_progress(unique_id, engine.done_of_total(batch)[0], claimed)
         rel = Path(claimed.source)
-        image = torch.from_numpy(rgb)[None]
-        alpha = torch.from_numpy(mask)[None]
+        image, alpha = _as_tensors(rgb, mask)
         text = engine.progress(batch, rel.name)
         subfolder = rel.parent.as_posix() if rel.parent != Path(".") else ""
         result = (image, alpha, rel.stem, subfolder, claimed.index, claimed.total, batch)
@@ -147,20 +147,31 @@ class BatchImageLoader:
         return {"ui": ui, "result": result}
 
 
+def _as_tensors(rgb: Any, mask: Any) -> tuple[Any, Any]:
+    """The one place torch is used: ComfyUI's IMAGE (1xHxWx3) and MASK (1xHxW) tensors.
+
+    Imported here, not at module level, so the node code can be tested without torch."""
+    import torch
+
+    return torch.from_numpy(rgb)[None], torch.from_numpy(mask)[None]
+
+
 def _first_readable(
     engine: BatchEngine, claimed: Item | Halt, on_error: str, prompt_id: str | None
 ) -> tuple[Item, Any, Any] | Halt:
-    """The claimed image, or the next readable one: unreadable files are reported on the way."""
+    """The claimed image, or the next readable one: files that are unreadable, or gone since
+    the run listed the folder ("missing", never a reason to stop), are reported on the way."""
     while isinstance(claimed, Item):
         try:
             rgb, mask = load_image(claimed.path)
             return claimed, rgb, mask
         except UnreadableImage as error:
-            engine.record(claimed.batch_id, claimed.index, "unreadable", None, str(error))
-            if on_error == "stop":
+            status = "unreadable" if os.path.lexists(claimed.path) else "missing"
+            engine.record(claimed.batch_id, claimed.index, status, None, str(error))
+            if on_error == "stop" and status == "unreadable":
                 engine.stop(claimed.batch_id)
                 raise RuntimeError(f"Batch Image Loader: {error}") from error
-            logger.warning("batch %s: skipping %s", claimed.batch_id, error)
+            logger.warning("batch %s: skipping %s (%s)", claimed.batch_id, error, status)
             following = engine.next_index(claimed.batch_id, claimed.index)
             if following is None:
                 return Halt(claimed.batch_id, f"done: {engine.finish(claimed.batch_id)}", "done")
@@ -215,7 +226,7 @@ class BatchImageSaver:
                 "images": ("IMAGE",),
                 "batch_id": BATCH_ID,
                 "index": INDEX,
-                "format": (list(FORMATS), {"default": "png"}),
+                "format": (list(EXTENSION_OF_FORMAT), {"default": "png"}),
                 "quality": (
                     "INT",
                     {"default": 95, "min": 1, "max": 100, "tooltip": "JPEG and WebP"},
@@ -238,7 +249,7 @@ class BatchImageSaver:
 
     def save(
         self,
-        images: torch.Tensor,
+        images: Any,  # torch.Tensor, BxHxWx3 floats in [0, 1]
         batch_id: str,
         index: int,
         format: str,
@@ -254,13 +265,15 @@ class BatchImageSaver:
     ) -> dict[str, Any]:
         engine = batch_engine()
         base, in_output = output_base(output_folder)
+        engine.writes_to(batch_id, _output_folder(base, subfolder))
         workflow = (extra_pnginfo or {}).get("workflow")
         pixels = np.clip(images.cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
         source = engine.source_of(batch_id, index)
         shown, saved = [], []
         for number, frame in enumerate(pixels):
             tail = f"_{number}" if len(pixels) > 1 else ""
-            rel = output_relpath(source, prefix, suffix + tail, FORMATS[format], subfolder)
+            extension = EXTENSION_OF_FORMAT[format]
+            rel = output_relpath(source, prefix, suffix + tail, extension, subfolder)
             target = choose_target(resolve_inside(base, rel), existing)
             if target is None:
                 engine.record(batch_id, index, "skipped", rel.as_posix(), "output exists")
@@ -277,6 +290,11 @@ class BatchImageSaver:
                     {"filename": target.name, "subfolder": subfolder_shown, "type": "output"}
                 )
         return {"ui": {"images": shown}, "result": (";".join(saved),)}
+
+
+def _output_folder(base: Path, subfolder: str) -> Path:
+    """The folder the saver's images go to (their source's own subfolders aside)."""
+    return base if subfolder.strip() in ("", ".") else resolve_inside(base, subfolder.strip())
 
 
 def _write(engine: BatchEngine, batch: str, index: int, target: Path, data: bytes) -> None:

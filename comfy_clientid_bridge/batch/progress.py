@@ -49,12 +49,22 @@ def progress_text(
 
 
 def summary_text(
-    processed: int, skipped: int, failed: int, elapsed: float, output_dir: str | os.PathLike[str]
+    processed: int,
+    skipped: int,
+    failed: int,
+    elapsed: float,
+    output_dir: str | os.PathLike[str],
+    *,
+    missing: int = 0,
 ) -> str:
-    """One line for the end of a batch: counts, duration and where the results went."""
+    """One line for the end of a batch: counts, duration and where the results went.
+
+    `missing` files left the folder before their turn; they are named, not counted as images.
+    """
     total = processed + skipped + failed
     noun = "image" if total == 1 else "images"
     counts = f"{processed} processed, {skipped} skipped, {failed} failed"
+    counts += f", {missing} missing" if missing else ""
     return SEPARATOR.join(
         [f"{total} {noun} in {format_eta(elapsed)}", counts, f"output: {os.fspath(output_dir)}"]
     )

@@ -7,9 +7,8 @@ import json
 import logging
 import os
 import re
-import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -17,9 +16,14 @@ from .naming import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-# "unreadable" is final too: the same bytes would fail again. "failed" (a save error) is retried.
+# "unreadable" is final too: the same bytes would fail again. "failed" (a save error) is retried,
+# and so is "missing" (a file gone from the folder), should it come back.
 FINISHED_STATUSES = frozenset({"saved", "skipped", "unreadable"})
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Version 1 state files (which also held per-index progress, now read from the report) still
+# give their listing; the id's own version stays 1 so unfinished batches keep their reports.
+READABLE_STATE_VERSIONS = (1, 2)
+_ID_VERSION = 1
 _BATCH_ID = re.compile(r"[0-9a-f]{1,64}")
 
 
@@ -35,7 +39,7 @@ def batch_id(
     """A short stable id for one batch: the same inputs give the same id on every run."""
     # "v" lets a future change of the canonical form start new ids instead of reusing old ones.
     canonical = {
-        "v": STATE_VERSION,
+        "v": _ID_VERSION,
         "folder": folder,
         "patterns": list(patterns),
         "order": order,
@@ -45,55 +49,43 @@ def batch_id(
     return hashlib.sha256(_dumps(canonical).encode("ascii")).hexdigest()[:16]
 
 
-def _field(data: Mapping[str, Any], key: str, *kinds: type) -> Any:
+def _field(data: Mapping[str, Any], key: str, kind: type) -> Any:
     value = data.get(key)
-    # bool is an int subclass, but "next_index": true is a corrupt file, not index 1.
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        expected = " or ".join(kind.__name__ for kind in kinds)
-        raise ValueError(f"state field {key!r} is missing or not {expected}")
+    if not isinstance(value, kind):
+        raise ValueError(f"state field {key!r} is missing or not {kind.__name__}")
     return value
-
-
-def _done_from_json(raw: Mapping[str, Any]) -> dict[int, str]:
-    if not all(isinstance(status, str) for status in raw.values()):
-        raise ValueError("state field 'done' must map indexes to status strings")
-    return {int(index): status for index, status in raw.items()}
 
 
 @dataclass
 class BatchState:
-    """Progress of one batch: which of its listed files have been handled, and how."""
+    """What a batch keeps between runs: the folder's listing at its last run's start, and
+    the folder its images were saved to. Which files are done is read from the report."""
 
     batch_id: str
     folder: str
     files: list[str]
-    next_index: int = 0
-    done: dict[int, str] = field(default_factory=dict)
-    started_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    stopped: bool = False
+    output_folder: str = ""
 
     def to_json(self) -> str:
         return _dumps({"version": STATE_VERSION, **asdict(self)})
 
     @classmethod
     def from_json(cls, text: str) -> BatchState:
-        """The state saved by to_json; ValueError for anything else."""
+        """The state saved by to_json (or by version 1); ValueError for anything else."""
         data = json.loads(text)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        if not isinstance(data, dict) or data.get("version") not in READABLE_STATE_VERSIONS:
             raise ValueError(f"not a batch state file of version {STATE_VERSION}")
         files = _field(data, "files", list)
         if not all(isinstance(name, str) for name in files):
             raise ValueError("state field 'files' must be a list of strings")
+        output_folder = data.get("output_folder", "")
+        if not isinstance(output_folder, str):
+            raise ValueError("state field 'output_folder' must be a string")
         return cls(
             batch_id=_field(data, "batch_id", str),
             folder=_field(data, "folder", str),
             files=files,
-            next_index=_field(data, "next_index", int),
-            done=_done_from_json(_field(data, "done", dict)),
-            started_at=float(_field(data, "started_at", int, float)),
-            updated_at=float(_field(data, "updated_at", int, float)),
-            stopped=_field(data, "stopped", bool),
+            output_folder=output_folder,
         )
 
 
@@ -129,9 +121,6 @@ class StateStore:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, state.to_json().encode("ascii"))
 
-    def delete(self, batch_id: str) -> None:
-        self.path_for(batch_id).unlink(missing_ok=True)
-
 
 class ReportWriter:
     """Appends one JSON line per input to a report file, durable line by line.
@@ -144,8 +133,14 @@ class ReportWriter:
         self.path = path
 
     def write(
-        self, index: int, source: str, output: str | None, status: str, error: str | None = None
+        self,
+        index: int | None,
+        source: str,
+        output: str | None,
+        status: str,
+        error: str | None = None,
     ) -> None:
+        """`index` is the file's place in its run's listing; None for a file not listed."""
         record = {"index": index, "source": source, "output": output, "status": status}
         line = _dumps({**record, "error": error}).encode("ascii") + b"\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,9 +177,20 @@ def read_report(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def first_unfinished(state: BatchState) -> int | None:
-    """The first index not yet saved or skipped, where a resumed batch carries on."""
-    for index in range(len(state.files)):
-        if state.done.get(index) not in FINISHED_STATUSES:
+def last_status(records: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """source -> status of its last record: a report's progress, keyed by the file's path
+    relative to the folder (so a listing that gained or lost files since still matches)."""
+    statuses: dict[str, str] = {}
+    for record in records:
+        source, status = record.get("source"), record.get("status")
+        if isinstance(source, str) and isinstance(status, str):
+            statuses[source] = status
+    return statuses
+
+
+def first_unfinished(files: Sequence[str], done: Mapping[str, str]) -> int | None:
+    """The index of the first file not yet saved, skipped or found unreadable."""
+    for index, source in enumerate(files):
+        if done.get(source) not in FINISHED_STATUSES:
             return index
     return None
