@@ -99,7 +99,9 @@ def route_queue_puts(
 
     v0.3.64 and 0.8.0: PromptServer.__init__ creates `self.prompt_queue =
     execution.PromptQueue(self)` before custom nodes load, and every put (core's /prompt
-    handler, packs' node code) calls `prompt_queue.put(item)` on that instance."""
+    handler, packs' node code) calls `prompt_queue.put(item)` on that instance. 0.8.0
+    differs in the item: core puts six fields and main.py prompt_worker reads `item[5]`
+    (sensitive), so a pack's five-field v0.3.64-style item raises IndexError in the worker."""
     queue = server.prompt_queue
     queue.put = wrap(queue.put)
 
@@ -107,6 +109,15 @@ def route_queue_puts(
 def running_prompt_id(server: Any) -> str | None:
     item = running_item(server)
     return None if item is None else str(item[1])
+
+
+def running_client_id(server: Any) -> str | None:
+    """The client id of the prompt running now: `server.client_id`, the id core routes the
+    prompt's events by, while `currently_running` holds the item (between prompts the
+    attribute keeps the last prompt's id, v0.3.64 and 0.8.0)."""
+    if not server.prompt_queue.currently_running:
+        return None
+    return current_client_id(server)
 
 
 def current_client_id(server: Any) -> str | None:
@@ -133,8 +144,17 @@ def is_worker_thread(thread_name: str) -> bool:
     return thread_name.endswith("(prompt_worker)")
 
 
+_this_thread = threading.local()
+
+
 def on_worker_thread() -> bool:
-    return is_worker_thread(threading.current_thread().name)
+    """Whether the caller runs on ComfyUI's executor; asked per message, so remembered per
+    thread (a thread-local: a new thread, even one reusing an ident, asks again)."""
+    try:
+        return bool(_this_thread.is_worker)
+    except AttributeError:
+        _this_thread.is_worker = is_worker_thread(threading.current_thread().name)
+        return bool(_this_thread.is_worker)
 
 
 def listen_port() -> int | None:
@@ -219,8 +239,11 @@ def temp_directory() -> Path:
 def prompt_url(server: Any) -> str:
     """Our own /prompt over loopback; node code is a client like any other.
 
-    v0.3.64 and 0.8.0 server.PromptServer: `address` (the first `--listen` address),
-    `port`, and `ssl` (an SSLContext when --tls-keyfile is given)."""
+    v0.3.64 and 0.8.0 server.PromptServer: `address` (the first `--listen` address) and
+    `port`, set in start_multi_address. Neither release keeps an `ssl` attribute: the
+    TLS context is a local there (`ssl_ctx`, made when --tls-keyfile and --tls-certfile
+    are given), so `getattr(server, "ssl", None)` is always None and a TLS server gets an
+    http URL here (checked on both sources, 2026-11-28)."""
     address = getattr(server, "address", "127.0.0.1") or "127.0.0.1"
     host = address.split(",")[0]
     if host in ("0.0.0.0", ""):  # a listen address: reach it over loopback

@@ -139,12 +139,6 @@ def _install(server: Any) -> bool:
     return True
 
 
-def running_client(server: Any) -> str | None:
-    extra_data = internals.running_extra_data(server)
-    client_id = None if extra_data is None else extra_data.get("client_id")
-    return client_id if isinstance(client_id, str) else None
-
-
 def running(server: Any) -> Running | None:
     extra_data = internals.running_extra_data(server)
     if extra_data is None:
@@ -164,7 +158,7 @@ def _install_node_traffic(server: Any) -> None:
     """Node code's broadcasts and queue puts go to the running prompt's tab."""
     is_connected = functools.partial(internals.is_connected, server)
     broadcasts = BroadcastRouter(
-        running_client=lambda: running_client(server),
+        running_client=functools.partial(internals.running_client_id, server),
         is_connected=is_connected,
         on_worker_thread=internals.on_worker_thread,
         keep_broadcast=keep_broadcast_from(),

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -252,3 +253,22 @@ def test_an_item_of_unknown_shape_is_put_as_it_is(item: Any) -> None:
     put_items: list[Any] = []
     on_thread(WORKER, lambda: routing_put(put_items.append, put_router(Running(TAB_A)))(item))
     assert put_items == [item]
+
+
+@pytest.mark.parametrize(
+    ("running", "client_id", "expected"),
+    [({1: ()}, TAB_A, TAB_A), ({}, TAB_A, None), ({1: ()}, None, None), ({1: ()}, {"a": 1}, None)],
+    ids=["running", "idle-keeps-last-id", "no-client", "not-a-string"],
+)
+def test_running_client_is_the_id_core_routes_the_running_prompt_by(
+    running: dict[int, Any], client_id: Any, expected: str | None
+) -> None:
+    server = SimpleNamespace(
+        prompt_queue=SimpleNamespace(currently_running=running), client_id=client_id
+    )
+    assert internals.running_client_id(server) == expected
+
+
+def test_worker_thread_answer_is_remembered_per_thread_not_per_ident() -> None:
+    answers = [on_thread(name, internals.on_worker_thread) for name in (WORKER, "T-2", WORKER)]
+    assert answers == [True, False, True]

@@ -126,6 +126,7 @@ def test_is_connected_reads_the_sockets_map() -> None:
 def node_traffic(server: Any) -> tuple[Any, Any]:
     """What node code's broadcast and queue put become, with tab "tab" running a prompt."""
     server.prompt_queue.currently_running[1] = (0, "pid", {}, {"client_id": "tab"}, [])
+    server.client_id = "tab"  # as PromptExecutor.execute sets it for the running prompt
     from_executor(lambda: server.send_sync("executed", {"node": "9"}))
     from_executor(lambda: asyncio.run(server.send("impact-add-queue", {})))
     from_executor(lambda: server.prompt_queue.put((1, "next", {}, {}, [])))
