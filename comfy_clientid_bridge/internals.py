@@ -70,6 +70,17 @@ def with_extra_data(item: Any, extra_data: dict[str, Any]) -> Any:
     return tuple(fields) if isinstance(item, tuple) else fields
 
 
+def fit_layout(item: Any, server: Any) -> Any:
+    """A five-field (v0.3.64-shaped) item, put while a six-field one runs, gets an empty
+    sixth field. 0.8.0 main.py prompt_worker reads `sensitive = item[5]` outside any try:
+    a short item kills the executor thread and every queue stalls. The running item says
+    which layout this release has."""
+    running = running_item(server)
+    if running is None or len(running) != 6 or not isinstance(item, tuple) or len(item) != 5:
+        return item
+    return (*item, {})
+
+
 def running_extra_data(server: Any) -> dict[str, Any] | None:
     """The running prompt's extra_data (client_id, extra_pnginfo, ...); None when idle."""
     fields = item_fields(running_item(server))

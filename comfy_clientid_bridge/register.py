@@ -169,6 +169,7 @@ def _install_node_traffic(server: Any) -> None:
         on_worker_thread=internals.on_worker_thread,
         extra_data_of=_extra_data_of,
         with_extra_data=internals.with_extra_data,
+        fit_layout=lambda item: internals.fit_layout(item, server),
     )
     internals.route_sends(
         server,

@@ -272,3 +272,35 @@ def test_running_client_is_the_id_core_routes_the_running_prompt_by(
 def test_worker_thread_answer_is_remembered_per_thread_not_per_ident() -> None:
     answers = [on_thread(name, internals.on_worker_thread) for name in (WORKER, "T-2", WORKER)]
     assert answers == [True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("running", "item", "expected"),
+    [
+        ((0, "r", {}, {}, [], {}), (1, "p", {}, {}, ["9"]), (1, "p", {}, {}, ["9"], {})),
+        ((0, "r", {}, {}, []), (1, "p", {}, {}, ["9"]), (1, "p", {}, {}, ["9"])),
+        (
+            (0, "r", {}, {}, [], {}),
+            (1, "p", {}, {}, ["9"], {"k": 1}),
+            (1, "p", {}, {}, ["9"], {"k": 1}),
+        ),
+        (None, (1, "p", {}, {}, ["9"]), (1, "p", {}, {}, ["9"])),
+    ],
+    ids=["five-on-0.8.0-gets-sensitive", "five-on-v0.3.64", "six-kept", "nothing-running"],
+)
+def test_a_short_item_is_fitted_to_the_running_layout(
+    running: tuple[Any, ...] | None, item: tuple[Any, ...], expected: tuple[Any, ...]
+) -> None:
+    server = SimpleNamespace(
+        prompt_queue=SimpleNamespace(currently_running={} if running is None else {1: running})
+    )
+    assert internals.fit_layout(item, server) == expected
+
+
+def test_the_router_puts_the_fitted_item_and_counts_it() -> None:
+    routed_by = put_router(Running(TAB_A))
+    routed_by.fit_layout = lambda item: (*item, {})
+    put_items: list[Any] = []
+    on_thread(WORKER, lambda: routing_put(put_items.append, routed_by)((1, "p", GRAPH, {}, [])))
+    assert put_items == [(1, "p", GRAPH, {"client_id": TAB_A}, [], {})]
+    assert dict(routed_by.counts) == {"layout_fixed": 1, "rewrite": 1}

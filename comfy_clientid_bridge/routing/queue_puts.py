@@ -37,12 +37,20 @@ class QueuePutRouter:
     on_worker_thread: Callable[[], bool]
     extra_data_of: Callable[[Any], dict[str, Any] | None]
     with_extra_data: Callable[[Any, dict[str, Any]], Any]
+    fit_layout: Callable[[Any], Any] = lambda item: item
     counts: Counter[str] = field(default_factory=Counter)
 
     def adopt(self, item: Any) -> Any:
-        """The item to put: as given, or with the running prompt's client id."""
+        """The item to put: as given, or with the running prompt's client id; in the layout
+        of this release's queue (`fit_layout`)."""
         if not self.on_worker_thread():
             return item
+        fitted = self.fit_layout(item)
+        if fitted is not item:
+            self.counts["layout_fixed"] += 1
+        return self._route(fitted)
+
+    def _route(self, item: Any) -> Any:
         extra_data = self.extra_data_of(item)
         if extra_data is None:
             return self._count(item, "untouched")
