@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,138 @@ BOOT_TIMEOUT = 120.0
 
 def find_comfyui() -> tuple[Path, Path] | str:
     """(checkout, python) from $COMFYUI_PATH / $COMFYUI_PYTHON or comfy-cli's default; else why not."""
-    checkout = Path(os.environ.get("COMFYUI_PATH") or Path.home() / "comfy" / "ComfyUI")
+    cell = default_cell(os.environ)
+    return checkout_and_python(cell.checkout, cell.python)
+
+
+def checkout_and_python(checkout: Path, python: Path | None) -> tuple[Path, Path] | str:
+    """(checkout, python) when both are there; else why not. No python: the checkout's venv."""
     if not (checkout / "main.py").is_file():
         return f"no ComfyUI checkout at {checkout} (set COMFYUI_PATH)"
-    python = Path(os.environ.get("COMFYUI_PYTHON") or checkout / ".venv" / "bin" / "python")
+    python = python or venv_python(checkout)
     if not python.is_file():
         return f"no python for ComfyUI at {python} (set COMFYUI_PYTHON)"
     return checkout, python
+
+
+def venv_python(folder: Path) -> Path:
+    """The python of a venv in `folder` (.venv, then venv; POSIX, then Windows layout), as
+    comfy-cli's resolve_python looks for it; `.venv/bin/python` when there is none."""
+    for venv in (".venv", "venv"):
+        for python in ("bin/python", "Scripts/python.exe"):
+            if (folder / venv / python).is_file():
+                return folder / venv / python
+    return folder / ".venv" / "bin" / "python"
+
+
+def comfyui_version(checkout: Path) -> str | None:
+    """`__version__` from the checkout's comfyui_version.py (written by ComfyUI's release)."""
+    try:
+        text = (checkout / "comfyui_version.py").read_text()
+    except OSError:
+        return None
+    found = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", text)
+    return found.group(1) if found else None
+
+
+@dataclass(frozen=True)
+class ComfyCell:
+    """One ComfyUI of the test matrix: a checkout run with its python."""
+
+    label: str
+    checkout: Path
+    python: Path | None = None  # None: the checkout's venv
+
+    @property
+    def id(self) -> str:
+        return f"comfy-{self.label}"
+
+    def found(self) -> tuple[Path, Path] | str:
+        found = checkout_and_python(self.checkout, self.python)
+        return found if isinstance(found, tuple) else f"{self.id}: {found}"
+
+
+@dataclass(frozen=True)
+class FrontendCell:
+    """One frontend of the test matrix: a `static` folder for --front-end-root, or None for
+    the frontend the checkout ships (its comfyui-frontend-package)."""
+
+    label: str
+    static: Path | None = None
+
+    @property
+    def id(self) -> str:
+        return f"fe-{self.label}"
+
+    def args(self) -> tuple[str, ...]:
+        return () if self.static is None else ("--front-end-root", str(self.static))
+
+    def missing(self) -> str | None:
+        if self.static is None or (self.static / "index.html").is_file():
+            return None
+        return f"{self.id}: no frontend at {self.static} (scripts/comfyui_matrix.sh prepares it)"
+
+
+def _entries(value: str) -> list[str]:
+    """Entries separated by `;` or newlines, blanks dropped."""
+    return [entry.strip() for entry in re.split(r"[;\n]", value) if entry.strip()]
+
+
+def _labelled(entry: str) -> tuple[str, str]:
+    """`label=value`; ValueError names an entry of another shape."""
+    label, equals, value = entry.partition("=")
+    if not equals or not label.strip() or not value.strip():
+        raise ValueError(f"expected label=path, got {entry!r}")
+    return label.strip(), value.strip()
+
+
+def default_cell(environ: Mapping[str, str]) -> ComfyCell:
+    """$COMFYUI_PATH (else comfy-cli's default ~/comfy/ComfyUI) with $COMFYUI_PYTHON (else
+    its venv), labelled by the checkout's version."""
+    checkout = Path(environ.get("COMFYUI_PATH") or Path.home() / "comfy" / "ComfyUI")
+    python = environ.get("COMFYUI_PYTHON")
+    label = comfyui_version(checkout) or "default"
+    return ComfyCell(label, checkout, Path(python) if python else None)
+
+
+def comfyui_cells(environ: Mapping[str, str]) -> list[ComfyCell]:
+    """The ComfyUIs to test: $COMFYUI_MATRIX, else the one find_comfyui() finds.
+
+    COMFYUI_MATRIX="0.3.64=/srv/ComfyUI;0.8.0=/srv/ComfyUI-0.8.0|/opt/py/bin/python"
+    Entries split by `;`, each `label=checkout`, optionally `|python` (default: the
+    checkout's .venv). `|` because `:` and `;` both occur in paths somewhere."""
+    matrix = environ.get("COMFYUI_MATRIX", "").strip()
+    if not matrix:
+        return [default_cell(environ)]
+    cells = []
+    for entry in _entries(matrix):
+        label, value = _labelled(entry)
+        checkout, _, python = value.partition("|")
+        path = Path(checkout.strip()).expanduser()
+        cells.append(ComfyCell(label, path, Path(python.strip()).expanduser() if python else None))
+    return cells
+
+
+def frontend_static(path: Path) -> Path:
+    """The folder to serve: `path` itself, or the `static` inside an unpacked wheel there."""
+    inner = path / "comfyui_frontend_package" / "static"
+    return inner if inner.is_dir() and not (path / "index.html").is_file() else path
+
+
+def frontend_cells(environ: Mapping[str, str]) -> list[FrontendCell]:
+    """The frontends to test: $COMFYUI_FRONTENDS, else the one each checkout ships.
+
+    COMFYUI_FRONTENDS="1.27.10=/srv/frontends/1.27.10;1.58.1=/srv/fe/static;shipped"
+    Each path is a `static` folder or an unpacked comfyui-frontend-package wheel; the
+    entry `shipped` is the checkout's own frontend."""
+    cells = []
+    for entry in _entries(environ.get("COMFYUI_FRONTENDS", "")):
+        if entry == "shipped":
+            cells.append(FrontendCell("shipped"))
+        else:
+            label, path = _labelled(entry)
+            cells.append(FrontendCell(label, frontend_static(Path(path).expanduser())))
+    return cells or [FrontendCell("shipped")]
 
 
 def free_port() -> int:
@@ -62,9 +188,13 @@ def running_comfyui(
     packs: list[Path],
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    comfyui: tuple[Path, Path] | None = None,
 ) -> Iterator[Comfy]:
-    """ComfyUI on a free loopback port with its own folders and the given custom node packs."""
-    found = find_comfyui()
+    """ComfyUI on a free loopback port with its own folders and the given custom node packs.
+
+    `comfyui`: (checkout, python); default find_comfyui(), which the test matrix points
+    at each cell in turn."""
+    found = comfyui or find_comfyui()
     if isinstance(found, str):
         raise RuntimeError(found)
     checkout, python = found

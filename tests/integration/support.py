@@ -1,4 +1,8 @@
-"""What the integration modules share: a skip without ComfyUI, and a ComfyUI with given packs."""
+"""What the integration modules share: a skip without ComfyUI, and a ComfyUI with given packs.
+
+Every module fixture here takes `comfyui_cell` (tests/integration/conftest.py), so it starts
+again for each ComfyUI of the matrix; a module fixture of your own that starts a ComfyUI
+must take it too."""
 
 from __future__ import annotations
 
@@ -8,7 +12,13 @@ from typing import Any
 
 import pytest
 
-from comfy_clientid_bridge.tools.launcher import Comfy, find_comfyui, running_comfyui
+from comfy_clientid_bridge.tools.launcher import (
+    Comfy,
+    ComfyCell,
+    FrontendCell,
+    find_comfyui,
+    running_comfyui,
+)
 
 
 def require_comfyui() -> None:
@@ -20,16 +30,42 @@ def require_comfyui() -> None:
 
 def comfyui_found() -> Any:
     """A module fixture that only skips: for tests that start their own servers."""
-    return pytest.fixture(scope="module")(require_comfyui)
-
-
-def comfy_fixture(*packs: Path, check: Callable[[], None] = require_comfyui) -> Any:
-    """A module fixture: one real ComfyUI with these custom node packs, for the module."""
 
     @pytest.fixture(scope="module")
-    def comfy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Comfy]:
+    def found(comfyui_cell: ComfyCell) -> None:
+        require_comfyui()
+
+    return found
+
+
+def comfy_fixture(
+    *packs: Path, check: Callable[[], None] = require_comfyui, env: dict[str, str] | None = None
+) -> Any:
+    """A module fixture: one real ComfyUI with these custom node packs, per ComfyUI cell;
+    `env` is added to its environment (e.g. a switch of ours)."""
+
+    @pytest.fixture(scope="module")
+    def comfy(tmp_path_factory: pytest.TempPathFactory, comfyui_cell: ComfyCell) -> Iterator[Comfy]:
         check()
-        with running_comfyui(tmp_path_factory.mktemp("comfy"), packs=list(packs)) as running:
+        root = tmp_path_factory.mktemp("comfy")
+        with running_comfyui(root, packs=list(packs), env=env) as running:
+            yield running
+
+    return comfy
+
+
+def browser_comfy_fixture(*packs: Path, check: Callable[[], None] = require_comfyui) -> Any:
+    """A module fixture: one real ComfyUI serving the cell's frontend, per ComfyUI x frontend."""
+
+    @pytest.fixture(scope="module")
+    def comfy(
+        tmp_path_factory: pytest.TempPathFactory,
+        comfyui_cell: ComfyCell,
+        frontend_cell: FrontendCell,
+    ) -> Iterator[Comfy]:
+        check()
+        root = tmp_path_factory.mktemp("comfy")
+        with running_comfyui(root, packs=list(packs), extra_args=frontend_cell.args()) as running:
             yield running
 
     return comfy

@@ -29,7 +29,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from comfy_clientid_bridge.tools.launcher import REPO, Comfy, Tab, find_comfyui, running_comfyui
+from comfy_clientid_bridge.tools.launcher import (
+    REPO,
+    Comfy,
+    ComfyCell,
+    Tab,
+    find_comfyui,
+    running_comfyui,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +139,8 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+def pair(tmp_path_factory: pytest.TempPathFactory, comfyui_cell: ComfyCell) -> Iterator[Pair]:
+    # comfyui_cell: a server pair per ComfyUI of the matrix (tests/integration/conftest.py)
     found = find_comfyui()
     if isinstance(found, str):
         pytest.skip(f"integration tier: {found}")

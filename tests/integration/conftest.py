@@ -1,0 +1,52 @@
+"""The test matrix: every integration test once per ComfyUI, every browser test once per
+ComfyUI x frontend (ids `comfy-0.8.0`, `fe-1.58.1`).
+
+$COMFYUI_MATRIX lists the ComfyUIs and $COMFYUI_FRONTENDS the frontends (see
+comfy_clientid_bridge/tools/launcher.py comfyui_cells / frontend_cells). Unset, they are
+today's one ComfyUI ($COMFYUI_PATH or ~/comfy/ComfyUI) with the frontend it ships. A cell
+that is not on this machine skips its tests and says why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from comfy_clientid_bridge.tools.launcher import (
+    ComfyCell,
+    FrontendCell,
+    comfyui_cells,
+    frontend_cells,
+)
+
+COMFY_CELLS = comfyui_cells(os.environ)
+FRONTEND_CELLS = frontend_cells(os.environ)
+
+
+@pytest.fixture(scope="session", autouse=True, params=COMFY_CELLS, ids=[c.id for c in COMFY_CELLS])
+def comfyui_cell(request: pytest.FixtureRequest) -> Iterator[ComfyCell]:
+    """Points find_comfyui() (so every server a test starts) at this cell's ComfyUI.
+
+    Session scope: pytest runs all of one cell's tests before the next cell's. A module
+    fixture that starts a ComfyUI must take this fixture, so it is set up again per cell."""
+    cell: ComfyCell = request.param
+    found = cell.found()
+    if isinstance(found, str):
+        pytest.skip(f"integration tier: {found}")
+    checkout, python = found
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COMFYUI_PATH", str(checkout))
+        patch.setenv("COMFYUI_PYTHON", str(python))
+        yield cell
+
+
+@pytest.fixture(scope="session", params=FRONTEND_CELLS, ids=[f.id for f in FRONTEND_CELLS])
+def frontend_cell(request: pytest.FixtureRequest) -> FrontendCell:
+    """The frontend a browser test's ComfyUI serves (`--front-end-root`)."""
+    cell: FrontendCell = request.param
+    missing = cell.missing()
+    if missing:
+        pytest.skip(f"browser tier: {missing}")
+    return cell
