@@ -247,14 +247,22 @@ def temp_directory() -> Path:
     return Path(folder_paths.get_temp_directory())
 
 
-def prompt_url(server: Any) -> str:
+def serves_tls() -> bool:
+    """Whether ComfyUI serves https: v0.3.64 and 0.8.0 server.start_multi_address make a
+    TLS context when both `--tls-keyfile` and `--tls-certfile` are given (cli_args)."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return False
+    return bool(getattr(args, "tls_keyfile", None) and getattr(args, "tls_certfile", None))
+
+
+def prompt_url(server: Any, tls: bool | None = None) -> str:
     """Our own /prompt over loopback; node code is a client like any other.
 
     v0.3.64 and 0.8.0 server.PromptServer: `address` (the first `--listen` address) and
-    `port`, set in start_multi_address. Neither release keeps an `ssl` attribute: the
-    TLS context is a local there (`ssl_ctx`, made when --tls-keyfile and --tls-certfile
-    are given), so `getattr(server, "ssl", None)` is always None and a TLS server gets an
-    http URL here (checked on both sources, 2026-11-28)."""
+    `port`, set in start_multi_address. Neither keeps the TLS context (a local there), so
+    the scheme comes from the same arguments core reads (`serves_tls`)."""
     address = getattr(server, "address", "127.0.0.1") or "127.0.0.1"
     host = address.split(",")[0]
     if host in ("0.0.0.0", ""):  # a listen address: reach it over loopback
@@ -263,7 +271,7 @@ def prompt_url(server: Any) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    scheme = "https" if getattr(server, "ssl", None) else "http"
+    scheme = "https" if (serves_tls() if tls is None else tls) else "http"
     return f"{scheme}://{host}:{server.port}/prompt"
 
 
