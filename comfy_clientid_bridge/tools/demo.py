@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import configparser
 import json
 import logging
+import os
+import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,15 @@ from typing import Any
 import aiohttp
 
 from .cli import run_batch as run_cli_batch
-from .launcher import NAIVE_PACK, REPO, Comfy, Tab, find_comfyui, running_comfyui
+from .launcher import (
+    NAIVE_PACK,
+    REPO,
+    Comfy,
+    Tab,
+    checkout_and_python,
+    running_comfyui,
+    venv_python,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,16 +162,173 @@ def sample_images(folder: Path, count: int = 8) -> Path:
     return folder
 
 
-async def _demo(compare: bool) -> int:
-    found = find_comfyui()
-    if isinstance(found, str):
-        logger.error("demo: %s", found)
-        return 2
+# ------------------------------------------------------------ where a user's ComfyUI is
+
+
+@dataclass(frozen=True)
+class Place:
+    """Somewhere a ComfyUI may be: what pointed there, the checkout, its python if known."""
+
+    source: str
+    checkout: Path
+    python: Path | None = None
+
+
+def comfy_cli_config(home: Path, system: str) -> Path:
+    """comfy-cli's config.ini (comfy_cli/constants.py DEFAULT_CONFIG, per OS)."""
+    folder = {
+        "win32": home / "AppData" / "Local" / "comfy-cli",
+        "darwin": home / "Library" / "Application Support" / "comfy-cli",
+    }.get(system, home / ".config" / "comfy-cli")
+    return folder / "config.ini"
+
+
+def comfy_cli_places(config: Path) -> list[Place]:
+    """The workspaces comfy-cli remembers: `default_workspace` (comfy set-default) and
+    `recent_workspace`, in its [DEFAULT] section. A workspace is the checkout itself
+    (comfy-cli 1.x) or holds it as ComfyUI/ (older releases)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(config, encoding="utf-8")
+    except (configparser.Error, UnicodeDecodeError):
+        return []
+    places = []
+    for key in ("default_workspace", "recent_workspace"):
+        value = parser["DEFAULT"].get(key, "").strip()
+        if value:
+            workspace = Path(value).expanduser()
+            if not (workspace / "main.py").is_file() and (workspace / "ComfyUI").is_dir():
+                workspace = workspace / "ComfyUI"
+            places.append(Place(f"comfy-cli {key} ({config})", workspace))
+    return places
+
+
+def desktop_places(home: Path, environ: Mapping[str, str], system: str) -> list[Place]:
+    """ComfyUI Desktop: the code sits in the app's resources/ComfyUI, the venv in the base
+    path chosen at install (`basePath` in the app's config.json, Comfy-Org/desktop
+    src/store/desktopSettings.ts). Desktop ships for Windows and macOS."""
+    if system == "win32":
+        appdata = Path(environ.get("APPDATA") or home / "AppData" / "Roaming")
+        programs = Path(environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "Programs"
+        config = appdata / "ComfyUI" / "config.json"
+        apps = [
+            programs / name / "resources"
+            for name in ("@comfyorgcomfyui-electron", "comfyui-electron")
+        ]
+    elif system == "darwin":
+        config = home / "Library" / "Application Support" / "ComfyUI" / "config.json"
+        apps = [
+            root / "ComfyUI.app" / "Contents" / "Resources"
+            for root in (Path("/Applications"), home / "Applications")
+        ]
+    else:
+        return []
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("basePath")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    python = venv_python(Path(base)) if isinstance(base, str) and base else None
+    return [Place(f"ComfyUI Desktop ({config})", app / "ComfyUI", python) for app in apps]
+
+
+def portable_places(home: Path, environ: Mapping[str, str], system: str) -> list[Place]:
+    """The Windows portable build, unzipped where people unzip things: its ComfyUI/ next to
+    the python_embeded/ it runs with."""
+    roots = [home, home / "Desktop", home / "Downloads", home / "Documents"]
+    if system == "win32":
+        roots.append(Path(environ.get("SystemDrive", "C:") + "\\"))
+    places = []
+    for root in roots:
+        portable = root / "ComfyUI_windows_portable"
+        python = portable / "python_embeded" / "python.exe"
+        places.append(Place("ComfyUI portable", portable / "ComfyUI", python))
+    return places
+
+
+def comfyui_places(
+    explicit: Path | None,
+    environ: Mapping[str, str] = os.environ,
+    home: Path | None = None,
+    system: str = sys.platform,
+) -> list[Place]:
+    """Where to look, in order. `--comfyui PATH` alone when given: never another ComfyUI
+    than the one asked for."""
+    python = Path(environ["COMFYUI_PYTHON"]) if environ.get("COMFYUI_PYTHON") else None
+    if explicit is not None:
+        return [Place("--comfyui", explicit.expanduser(), python)]
+    home = home or Path.home()
+    places = []
+    if environ.get("COMFYUI_PATH"):
+        places.append(Place("$COMFYUI_PATH", Path(environ["COMFYUI_PATH"]), python))
+    places.append(Place("comfy-cli's default workspace", home / "comfy" / "ComfyUI", python))
+    places += comfy_cli_places(comfy_cli_config(home, system))
+    places += desktop_places(home, environ, system)
+    places += portable_places(home, environ, system)
+    return places
+
+
+def locate_comfyui(places: list[Place]) -> tuple[tuple[Path, Path] | None, list[str]]:
+    """The first place with a checkout and its python, and what each place looked at was."""
+    looked: list[str] = []
+    for place in places:
+        found = checkout_and_python(place.checkout, place.python)
+        if isinstance(found, tuple):
+            return found, looked
+        looked.append(f"{place.source}: {found.split(' (set ')[0]}")
+    return None, looked
+
+
+PYTHON_CHECK_TIMEOUT = 300.0  # a cold torch import from a slow disk takes a while
+
+
+def python_problem(python: Path, timeout: float = PYTHON_CHECK_TIMEOUT) -> str | None:
+    """Why this python cannot run ComfyUI (torch or aiohttp missing), or None."""
+    try:
+        done = subprocess.run(
+            [str(python), "-c", "import torch, aiohttp"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"{python} could not be run: {error}"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["exit status " + str(done.returncode)])[-1]
+        return f"{python} cannot import torch and aiohttp ({last})"
+    return None
+
+
+GET_COMFYUI = """To get a ComfyUI (CPU only, about 2 GB), with comfy-cli:
+  pipx install comfy-cli      # or: python3 -m pip install --user comfy-cli
+  comfy --skip-prompt --workspace ~/comfy/ComfyUI install --cpu
+  python -m comfy_clientid_bridge demo --comfyui ~/comfy/ComfyUI
+If comfy-cli installed ComfyUI's packages into another Python than ~/comfy/ComfyUI/.venv,
+point COMFYUI_PYTHON at that python."""
+
+
+def not_found(looked: list[str]) -> str:
+    lines = "\n".join(f"  {entry}" for entry in looked)
+    return f"demo: no ComfyUI found. Looked at:\n{lines}\n{GET_COMFYUI}"
+
+
+def ready_comfyui(explicit: Path | None) -> tuple[Path, Path] | str:
+    """The ComfyUI to run the demo on, checked; else what to tell the user."""
+    found, looked = locate_comfyui(comfyui_places(explicit))
+    if found is None:
+        return not_found(looked)
+    problem = python_problem(found[1])
+    if problem:
+        return f"demo: ComfyUI at {found[0]}, but {problem}.\n{GET_COMFYUI}"
+    return found
+
+
+async def _demo(compare: bool, comfyui: tuple[Path, Path]) -> int:
+    found = comfyui
     root = Path(tempfile.mkdtemp(prefix="clientid-bridge-demo-"))
     folder = sample_images(root / "samples")
     workflow = json.loads((REPO / "examples" / "batch_folder.api.json").read_text())
     logger.info("ComfyUI %s, starting with comfy_clientid_bridge ...", found[0])
-    with running_comfyui(root / "comfy", packs=[REPO, NAIVE_PACK]) as comfy:
+    with running_comfyui(root / "comfy", packs=[REPO, NAIVE_PACK], comfyui=found) as comfy:
         logger.info("Batch: examples/batch_folder.api.json over %s", folder)
         status = await run_cli_batch(comfy.url, workflow, folder, out=sys.stdout)
         logger.info("outputs: %s", comfy.output / "batch")
@@ -171,7 +340,7 @@ async def _demo(compare: bool) -> int:
             len(run.batch),
         )
     if compare:
-        with running_comfyui(root / "plain", packs=[NAIVE_PACK]) as comfy:
+        with running_comfyui(root / "plain", packs=[NAIVE_PACK], comfyui=found) as comfy:
             run = await run_batch(comfy, "uuid4")
             logger.info(
                 "The same without comfy_clientid_bridge: %d of %d", images_seen(run), len(run.batch)
@@ -180,5 +349,11 @@ async def _demo(compare: bool) -> int:
     return status
 
 
-def demo(compare: bool = False) -> int:
-    return asyncio.run(_demo(compare))
+def demo(compare: bool = False, comfyui: Path | None = None) -> int:
+    """Exit status: the batch's; 2 when no ComfyUI that can run is found (and says where it
+    looked and how to get one)."""
+    found = ready_comfyui(comfyui)
+    if isinstance(found, str):
+        logger.error("%s", found)
+        return 2
+    return asyncio.run(_demo(compare, found))
