@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo", help="start a local ComfyUI with this package and run the example batch"
     )
     demo.add_argument("--compare", action="store_true", help="also show the naive loop without us")
+    demo.add_argument("--comfyui", type=Path, help="the ComfyUI checkout (default: searched)")
     batch = commands.add_parser(
         "batch", help="run a folder through a workflow on a running ComfyUI"
     )
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .tools.demo import demo as run_demo
 
-        return run_demo(args.compare)
+        return run_demo(args.compare, args.comfyui)
     from .tools.cli import batch as run_batch
 
     return run_batch(args.server, args.workflow, args.folder)
