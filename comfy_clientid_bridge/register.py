@@ -27,6 +27,7 @@ from .routing.broadcasts import (
     routing_send,
     routing_send_sync,
 )
+from .routing.credentials import CredentialStore, credentials_middleware, place_outermost
 from .routing.decisions import Bridge
 from .routing.lineage import PromptRecord
 from .routing.middleware import (
@@ -105,6 +106,23 @@ def _install_batch(server: Any) -> None:
     server.app.middlewares.append(batch_cancel_middleware(control=control))
 
 
+def _install_credentials(server: Any) -> None:
+    """Node code's re-queues carry their origin's credentials past auth packs; on even when
+    the bridge is off, so our own Batch Next keeps going behind a login (README: Behind a
+    login)."""
+    port = internals.listen_port()
+    if port is not None:
+        SELF_CONNECTIONS.watch_port(port)
+    store = CredentialStore(is_live=lambda prompt_id: internals.is_prompt_alive(server, prompt_id))
+    middleware = credentials_middleware(
+        store=store,
+        connections=SELF_CONNECTIONS,
+        running_prompt_id=lambda: internals.running_prompt_id(server),
+        is_worker_thread=internals.is_worker_thread,
+    )
+    place_outermost(server.app, middleware)
+
+
 def _install(server: Any) -> bool:
     app = server.app
     if any(getattr(route, "path", None) == STATUS_PATH for route in server.routes):
@@ -114,6 +132,7 @@ def _install(server: Any) -> bool:
         return False
     server.routes.get(STATUS_PATH)(status)
     _install_batch(server)
+    _install_credentials(server)
     if not enabled():
         logger.info("clientid_bridge: off (%s); ComfyUI routes events as usual", ENV_SWITCH)
         return False
