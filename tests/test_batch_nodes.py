@@ -1,0 +1,459 @@
+"""The batch nodes without ComfyUI: a stand-in for the few internals they touch.
+
+The stand-in plays ComfyUI's folders, the running prompt, the /prompt endpoint (it records
+what Batch Next would POST) and the tensors (numpy arrays: torch is not needed here).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from comfy_clientid_bridge import internals
+from comfy_clientid_bridge.batch import engine as engine_module
+from comfy_clientid_bridge.batch import nodes
+from comfy_clientid_bridge.batch.engine import BatchEngine
+from comfy_clientid_bridge.batch.state import StateStore, read_report
+
+LOADER, SAVER, NEXT = "1", "2", "3"
+TAB = "a" * 32
+WORKFLOW = {"nodes": [{"id": 1}], "links": []}
+
+
+class Frames:
+    """What the saver is given: a BxHxWx3 float tensor, as far as it reads it."""
+
+    def __init__(self, array: np.ndarray[Any, Any]) -> None:
+        self.array = array
+
+    def cpu(self) -> Frames:
+        return self
+
+    def numpy(self) -> np.ndarray[Any, Any]:
+        return self.array
+
+
+@dataclass
+class FakeComfy:
+    """ComfyUI as the nodes see it: its folders, the running prompt, its /prompt."""
+
+    root: Path
+    running_prompt_id: str = "p0"
+    queued: list[dict[str, Any]] = field(default_factory=list)
+    progress: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def input(self) -> Path:
+        return self.root / "input"
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    def queue_prompt(self, server: Any, body: dict[str, Any]) -> str:
+        self.queued.append(body)
+        return f"p{len(self.queued)}"
+
+
+@pytest.fixture
+def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeComfy:
+    fake = FakeComfy(tmp_path / "comfy")
+    for folder in (fake.input, fake.output, fake.root / "user", fake.root / "temp"):
+        folder.mkdir(parents=True)
+    monkeypatch.setattr(internals, "input_directory", lambda: fake.input)
+    monkeypatch.setattr(internals, "temp_directory", lambda: fake.root / "temp")
+    monkeypatch.setattr(internals, "listen_addresses", lambda: ["127.0.0.1"])
+    monkeypatch.setattr(internals, "output_directory", lambda: fake.output)
+    monkeypatch.setattr(internals, "user_directory", lambda: fake.root / "user")
+    monkeypatch.setattr(internals, "prompt_server", lambda: "server")
+    monkeypatch.setattr(internals, "running_prompt_id", lambda server: fake.running_prompt_id)
+    monkeypatch.setattr(internals, "current_client_id", lambda server: TAB)
+    monkeypatch.setattr(internals, "queue_prompt", fake.queue_prompt)
+    monkeypatch.setattr(internals, "execution_blocker", lambda: "blocked")
+    monkeypatch.setattr(internals, "show_node_progress", lambda *args: fake.progress.append(args))
+    monkeypatch.setattr(nodes, "_as_tensors", lambda rgb, mask: (rgb[None], mask[None]))
+    engine = BatchEngine(StateStore(tmp_path / "state"), fake.output, lambda _: False)
+    monkeypatch.setattr(engine_module, "_engine", engine)
+    return fake
+
+
+def engine() -> BatchEngine:
+    return engine_module.batch_engine()
+
+
+def png(path: Path, colour: tuple[int, int, int] = (10, 20, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 3), colour).save(path)
+    return path
+
+
+def graph(folder: str = "photos", **saver: Any) -> dict[str, Any]:
+    """The example workflow as ComfyUI hands it to nodes (with its own `is_changed`)."""
+    loader_inputs = {
+        "folder": folder,
+        "pattern": "",
+        "recursive": True,
+        "order": "natural",
+        "shuffle_seed": 0,
+        "start_index": 0,
+        "limit": 0,
+        "shard_index": 0,
+        "shard_count": 1,
+        "on_error": "skip",
+        "cursor": -1,
+    }
+    saver_inputs = {
+        "images": [LOADER, 0],
+        "batch_id": [LOADER, 6],
+        "index": [LOADER, 4],
+        "format": "png",
+        "quality": 95,
+        "compress_level": 1,
+        "prefix": "",
+        "suffix": "",
+        "subfolder": "batch",
+        "existing": "skip",
+        "output_folder": "",
+        **saver,
+    }
+    return {
+        LOADER: {
+            "class_type": "ClientIdBridge_BatchImageLoader",
+            "inputs": loader_inputs,
+            "is_changed": ["f00d"],
+        },
+        SAVER: {"class_type": "ClientIdBridge_BatchImageSaver", "inputs": saver_inputs},
+        NEXT: {
+            "class_type": "ClientIdBridge_BatchNext",
+            "inputs": {"batch_id": [LOADER, 6], "saved": [SAVER, 0]},
+            "_meta": {"title": "Next"},
+        },
+    }
+
+
+def load(prompt: dict[str, Any]) -> dict[str, Any]:
+    inputs = dict(prompt[LOADER]["inputs"])
+    return nodes.BatchImageLoader().load(prompt=prompt, unique_id=LOADER, **inputs)
+
+
+def save(prompt: dict[str, Any], loaded: dict[str, Any], frames: int = 1) -> dict[str, Any]:
+    image, batch, index = loaded["result"][0], loaded["result"][6], loaded["result"][4]
+    inputs = {k: v for k, v in prompt[SAVER]["inputs"].items() if not isinstance(v, list)}
+    stack = Frames(np.repeat(np.asarray(image, dtype=np.float32), frames, axis=0))
+    return nodes.BatchImageSaver().save(
+        images=stack,
+        batch_id=batch,
+        index=index,
+        prompt=prompt,
+        extra_pnginfo={"workflow": WORKFLOW},
+        **inputs,
+    )
+
+
+def advance(prompt: dict[str, Any], batch: str, saved: str = "x") -> dict[str, Any]:
+    return nodes.BatchNext().advance(batch, saved, prompt, {"workflow": WORKFLOW})
+
+
+def run_batch(comfy: FakeComfy, prompt: dict[str, Any]) -> list[str]:
+    """What ComfyUI would do: run the prompt, then each prompt Batch Next queued. -> stems"""
+    stems: list[str] = []
+    while True:
+        loaded = load(prompt)
+        if loaded["ui"]["state"] != ["running"]:
+            return stems
+        stems.append(f"{loaded['result'][3]}/{loaded['result'][2]}".lstrip("/"))
+        save(prompt, loaded)
+        before = len(comfy.queued)
+        advance(prompt, loaded["result"][6])
+        if len(comfy.queued) == before:
+            return stems
+        prompt = comfy.queued[-1]["prompt"]
+
+
+@pytest.fixture
+def photos(comfy: FakeComfy) -> Path:
+    folder = comfy.input / "photos"
+    for name in ("img1.png", "img2.png", "img10.png"):
+        png(folder / name)
+    return folder
+
+
+def test_a_folder_runs_to_the_end_once(comfy: FakeComfy, photos: Path) -> None:
+    assert run_batch(comfy, graph()) == ["img1", "img2", "img10"]
+    saved = sorted(p.name for p in (comfy.output / "batch").iterdir())
+    assert saved == ["img1.png", "img10.png", "img2.png"]
+    assert len(comfy.queued) == 2
+
+
+def test_run_again_after_new_files_processes_only_them(comfy: FakeComfy, photos: Path) -> None:
+    run_batch(comfy, graph())
+    png(photos / "img0.png"), png(photos / "img3.png")
+    assert run_batch(comfy, graph()) == ["img0", "img3"]
+    assert load(graph())["ui"]["state"] == ["complete"]
+    lines = read_report(next(comfy.output.glob("batch_*.jsonl")))
+    assert sorted(line["source"] for line in lines) == [
+        "img0.png",
+        "img1.png",
+        "img10.png",
+        "img2.png",
+        "img3.png",
+    ]
+
+
+def test_batch_next_queues_the_graph_as_sent_with_the_loader_advanced(
+    comfy: FakeComfy, photos: Path
+) -> None:
+    prompt = graph()
+    loaded = load(prompt)
+    save(prompt, loaded)
+    answer = advance(prompt, loaded["result"][6])
+
+    [body] = comfy.queued
+    expected = {node_id: dict(node) for node_id, node in graph().items()}
+    del expected[LOADER]["is_changed"]  # ComfyUI's own addition is not sent back
+    expected[LOADER]["inputs"] = {**expected[LOADER]["inputs"], "cursor": 1}
+    assert body == {
+        "prompt": expected,
+        "client_id": TAB,
+        "extra_data": {"extra_pnginfo": {"workflow": WORKFLOW}},
+    }
+    assert prompt[LOADER]["inputs"]["cursor"] == -1  # the running prompt is not changed
+    assert answer["ui"]["state"] == ["running"]
+    assert engine().batches_of_prompt("p1") == [loaded["result"][6]]  # its next prompt
+
+
+def test_batch_next_at_the_end_says_done_and_queues_nothing(comfy: FakeComfy, photos: Path) -> None:
+    for name in ("img2.png", "img10.png"):
+        (photos / name).unlink()
+    prompt = graph()
+    loaded = load(prompt)
+    save(prompt, loaded)
+    answer = advance(prompt, loaded["result"][6])
+    assert comfy.queued == []
+    assert answer["ui"]["state"] == ["done"] and answer["ui"]["progress"] == [1, 1]
+    assert answer["ui"]["text"][0].endswith(f"output: {comfy.output / 'batch'}")
+
+
+def test_batch_next_of_a_stopped_batch_queues_nothing(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph()
+    loaded = load(prompt)
+    engine().stop(loaded["result"][6])
+    answer = advance(prompt, loaded["result"][6])
+    assert comfy.queued == [] and answer["ui"]["state"] == ["stopped"]
+
+
+def test_batch_next_without_a_workflow_sends_no_extra_data(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph()
+    loaded = load(prompt)
+    nodes.BatchNext().advance(loaded["result"][6], "x", prompt, None)
+    assert "extra_data" not in comfy.queued[0]
+
+
+def test_loader_outputs_and_ui(comfy: FakeComfy, photos: Path) -> None:
+    png(photos / "deep" / "img0.png", (255, 0, 0))
+    loaded = load(graph())
+    image, mask, stem, subfolder, index, total, batch = loaded["result"]
+    assert (stem, subfolder, index, total) == ("img0", "deep", 0, 4)
+    assert image.shape == (1, 3, 4, 3) and mask.shape == (1, 3, 4)
+    assert image[0, 0, 0].tolist() == [1.0, 0.0, 0.0]
+    ui = loaded["ui"]
+    assert ui["batch_id"] == [batch] and ui["state"] == ["running"] and ui["file"] == ["img0.png"]
+    assert ui["progress"] == [0, 4] and ui["badge"] == ["0/4 · ETA --:--"]
+    assert comfy.progress == [(LOADER, 1, 4)]
+
+
+def test_unreadable_files_are_skipped_and_reported(comfy: FakeComfy, photos: Path) -> None:
+    (photos / "img0.png").write_bytes(b"\x89PNG broken")
+    loaded = load(graph())
+    assert loaded["result"][2] == "img1"
+    statuses = [(line["source"], line["status"]) for line in read_report(report(comfy))]
+    assert statuses == [("img0.png", "unreadable")]
+
+
+def test_on_error_stop_stops_the_batch(comfy: FakeComfy, photos: Path) -> None:
+    (photos / "img0.png").write_bytes(b"\x89PNG broken")
+    prompt = graph()
+    prompt[LOADER]["inputs"]["on_error"] = "stop"
+    with pytest.raises(RuntimeError, match="img0.png"):
+        load(prompt)
+    assert engine().is_stopped(batch_of(prompt))
+
+
+def test_a_file_removed_after_the_listing_is_missing_even_with_on_error_stop(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompt = graph()
+    prompt[LOADER]["inputs"]["on_error"] = "stop"
+    listing = ["gone.png", "img1.png"]
+    monkeypatch.setattr(engine_module.Source, "list", lambda self: listing)
+    loaded = load(prompt)
+    assert loaded["result"][2] == "img1"
+    statuses = [(line["source"], line["status"]) for line in read_report(report(comfy))]
+    assert statuses == [("gone.png", "missing")]
+
+
+def test_a_folder_with_nothing_readable_is_done_and_blocks_downstream(
+    comfy: FakeComfy, photos: Path
+) -> None:
+    for name in ("img1.png", "img2.png", "img10.png"):
+        (photos / name).write_bytes(b"not an image")
+    loaded = load(graph())
+    assert loaded["result"] == ("blocked",) * len(nodes.BatchImageLoader.RETURN_TYPES)
+    assert loaded["ui"]["state"] == ["done"]
+    assert loaded["ui"]["badge"] == ["done: 0 saved, 0 skipped, 3 failed"]
+
+
+def test_a_complete_batch_blocks_and_says_so(comfy: FakeComfy, photos: Path) -> None:
+    run_batch(comfy, graph())
+    loaded = load(graph())
+    assert loaded["result"][0] == "blocked" and loaded["ui"]["state"] == ["complete"]
+    assert "already complete" in loaded["ui"]["text"][0]
+
+
+def batch_of(prompt: dict[str, Any]) -> str:
+    inputs = prompt[LOADER]["inputs"]
+    source = nodes._source(**inputs)
+    return engine_module.source_batch_id(source, engine_module.workflow_key(prompt, LOADER))
+
+
+def report(comfy: FakeComfy) -> Path:
+    return next(comfy.output.glob("batch_*.jsonl"))
+
+
+# --- the saver ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "written", "shown_subfolder"),
+    [
+        ({}, "batch/img1.png", "batch"),
+        ({"subfolder": ""}, "img1.png", ""),
+        ({"prefix": "p_", "suffix": "_s", "format": "jpeg"}, "batch/p_img1_s.jpg", "batch"),
+        ({"format": "webp", "subfolder": "a/b"}, "a/b/img1.webp", "a/b"),
+    ],
+    ids=["default", "no-subfolder", "affixes-jpeg", "webp-nested"],
+)
+def test_saver_names_and_shows_the_output(
+    comfy: FakeComfy, photos: Path, settings: dict[str, Any], written: str, shown_subfolder: str
+) -> None:
+    prompt = graph(**settings)
+    answer = save(prompt, load(prompt))
+    target = comfy.output / written
+    assert target.is_file()
+    assert answer["result"] == (str(target),)
+    shown = {"filename": target.name, "subfolder": shown_subfolder, "type": "output"}
+    assert answer["ui"] == {"images": [shown]}
+    [line] = read_report(report(comfy))
+    assert (line["source"], line["output"], line["status"]) == ("img1.png", written, "saved")
+
+
+def test_saver_embeds_the_workflow(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph()
+    save(prompt, load(prompt))
+    with Image.open(comfy.output / "batch" / "img1.png") as image:
+        assert "workflow" in image.info and "prompt" in image.info
+
+
+def test_saver_keeps_source_subfolders(comfy: FakeComfy, photos: Path) -> None:
+    png(photos / "deep" / "img0.png")
+    prompt = graph()
+    answer = save(prompt, load(prompt))
+    assert (comfy.output / "batch" / "deep" / "img0.png").is_file()
+    assert answer["ui"]["images"][0]["subfolder"] == "batch/deep"
+
+
+def test_saver_numbers_the_frames_of_a_batch_of_images(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph()
+    save(prompt, load(prompt), frames=2)
+    assert sorted(p.name for p in (comfy.output / "batch").iterdir()) == [
+        "img1_0.png",
+        "img1_1.png",
+    ]
+
+
+def test_saver_skips_an_existing_output(comfy: FakeComfy, photos: Path) -> None:
+    png(comfy.output / "batch" / "img1.png", (1, 2, 3))
+    prompt = graph()
+    answer = save(prompt, load(prompt))
+    assert answer == {"ui": {"images": []}, "result": ("",)}
+    [line] = read_report(report(comfy))
+    assert (line["status"], line["output"]) == ("skipped", "batch/img1.png")
+
+
+def test_saver_to_an_outside_folder_writes_there_and_shows_nothing(
+    comfy: FakeComfy, photos: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    prompt = graph(output_folder=str(elsewhere))
+    loaded = load(prompt)
+    answer = save(prompt, loaded)
+    assert (elsewhere / "batch" / "img1.png").is_file()
+    assert answer["ui"] == {"images": []}
+    assert engine().summary(loaded["result"][6]).endswith(f"output: {elsewhere / 'batch'}")
+
+
+def test_saver_never_writes_through_a_symlink_out_of_the_output_folder(
+    comfy: FakeComfy, photos: Path, tmp_path: Path
+) -> None:
+    """The source's own subfolder is a link to outside: refused, nothing written there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (comfy.output / "batch").mkdir()
+    os.symlink(outside, comfy.output / "batch" / "deep")
+    png(photos / "deep" / "img0.png")
+    prompt = graph()
+    loaded = load(prompt)
+    with pytest.raises(ValueError, match="outside"):
+        save(prompt, loaded)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_failed_write_stops_the_batch_and_is_never_saved(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(path: Path, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nodes, "atomic_write_bytes", full_disk)
+    prompt = graph()
+    loaded = load(prompt)
+    with pytest.raises(RuntimeError, match="could not write"):
+        save(prompt, loaded)
+    assert engine().is_stopped(loaded["result"][6])
+    [line] = read_report(report(comfy))
+    assert line["status"] == "failed" and "No space left" in line["error"]
+
+
+def test_progress_node_formats_the_running_batch(comfy: FakeComfy, photos: Path) -> None:
+    loaded = load(graph())
+    answer = nodes.BatchProgress().format(loaded["result"][6], loaded["result"][4])
+    assert answer["result"] == ("0/3 (0%) · img1.png · ETA --:--",)
+    assert answer["ui"] == {"text": ["0/3 (0%) · img1.png · ETA --:--"]}
+
+
+# --- IS_CHANGED --------------------------------------------------------------------------
+
+
+def is_changed(prompt: dict[str, Any], cursor: int) -> Any:
+    inputs = {**prompt[LOADER]["inputs"], "cursor": cursor}
+    return nodes.BatchImageLoader.IS_CHANGED(prompt=prompt, unique_id=LOADER, **inputs)
+
+
+def test_a_persons_run_is_never_cached(comfy: FakeComfy, photos: Path) -> None:
+    assert is_changed(graph(), -1) != is_changed(graph(), -1)
+
+
+def test_a_loop_step_is_keyed_by_its_file(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph()
+    load(prompt)
+    first = is_changed(prompt, 1)
+    assert first == is_changed(prompt, 1) and f":{photos / 'img2.png'}:" in first
+    os.utime(photos / "img2.png", ns=(1, 1))
+    assert is_changed(prompt, 1) != first
+    assert is_changed(prompt, 99) != is_changed(prompt, 99)  # no such image: run it
