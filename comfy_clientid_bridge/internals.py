@@ -9,6 +9,7 @@ January 2026). tests/test_internals.py pins the shapes; tests/integration runs t
 
 from __future__ import annotations
 
+import importlib
 import json
 import ssl
 import threading
@@ -297,3 +298,23 @@ def queue_prompt(server: Any, body: dict[str, Any]) -> str:
             return str(json.loads(response.read())["prompt_id"])
     except urllib.error.HTTPError as error:
         raise RuntimeError(f"ComfyUI refused the next prompt: {error.read()[:500]!r}") from error
+
+
+def comfyui_version() -> tuple[int, ...] | None:
+    """The release numbers of the running ComfyUI (`comfyui_version.__version__`, written by
+    ComfyUI's release build; present in v0.3.64 and 0.8.0); None outside ComfyUI."""
+    try:
+        version = importlib.import_module("comfyui_version").__version__
+    except (ImportError, AttributeError):
+        return None
+    numbers = [part for part in str(version).split(".")[:3] if part.isdigit()]
+    return tuple(int(part) for part in numbers) or None
+
+
+def post_prompt_stamps_extra_data() -> bool:
+    """Whether POST /prompt writes `create_time` into every accepted extra_data before it
+    queues it (server.py post_prompt, from 0.3.69, upstream 2fde9597): 0.8.0 does, so an
+    extra_data that is not an object is core's own 500 there; v0.3.64 queues it as it is.
+    An unknown release counts as not stamping: the request guard then refuses more, not less."""
+    version = comfyui_version()
+    return version is not None and version >= (0, 3, 69)

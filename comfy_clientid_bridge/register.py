@@ -29,6 +29,7 @@ from .routing.broadcasts import (
 )
 from .routing.credentials import CredentialStore, credentials_middleware, place_outermost
 from .routing.decisions import Bridge
+from .routing.guard import GUARD_SWITCH, install_request_guard
 from .routing.lineage import PromptRecord
 from .routing.middleware import (
     BRIDGE,
@@ -133,6 +134,12 @@ def _install(server: Any) -> bool:
     server.routes.get(STATUS_PATH)(status)
     _install_batch(server)
     _install_credentials(server)
+    install_request_guard(  # on even when the bridge is off: it keeps ComfyUI alive
+        app,
+        add_on_prompt_handler=server.add_on_prompt_handler,
+        extra_data_stamped=internals.post_prompt_stamps_extra_data(),
+        switched_on=enabled(switch=GUARD_SWITCH),
+    )
     if not enabled():
         logger.info("clientid_bridge: off (%s); ComfyUI routes events as usual", ENV_SWITCH)
         return False

@@ -1,0 +1,187 @@
+"""Refuses the /prompt bodies ComfyUI would accept and then die of: 400, in its own shape.
+
+Core's post_prompt (server.py, v0.3.64 and 0.8.0) queues a prompt once its graph validates,
+whatever the types of the other fields. Some types then stop the server for everyone: a
+client_id that is not hashable ends the event loop's publish task (`sid in self.sockets`)
+and with it the process; on releases before 0.3.69, an extra_data that is not an object
+ends the executor thread (`"client_id" in extra_data`, or a later `.pop` on it), and the
+queue never moves again. `refusal()` names exactly those bodies (tests/test_guard.py has
+the table; tests/integration/test_fuzz_prompt.py checks it against real servers).
+
+How a refusal happens without a second JSON parse and without changing any other answer:
+our on-prompt handler (core hands it the parsed body) swaps a refused body's extra_data for
+a trap. Core then validates the graph as always. An invalid graph gets core's own 400, byte
+for byte; a valid one reaches core's first write into extra_data (`extra_data["client_id"]
+= ...`, right after validation, before the queue), where the trap raises `Refused`, which
+the middleware turns into our 400. Nothing is queued either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+logger = logging.getLogger(__name__)
+
+# Its own switch: the bridge's (COMFY_CLIENTID_BRIDGE=0) turns routing off, not this.
+GUARD_SWITCH = "COMFY_CLIENTID_BRIDGE_GUARD"
+
+# ComfyUI registers each route twice: as written and under /api (server.add_routes).
+DEFAULT_PROMPT_PATHS = ("/prompt", "/api/prompt")
+
+JSON_TYPES: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+
+
+def json_type(value: Any) -> str:
+    return JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def error_answer(field: str, expected: str, got: Any) -> dict[str, Any]:
+    """ComfyUI's own error shape (server.py post_prompt's no_prompt answer), naming the field."""
+    return {
+        "error": {
+            "type": "invalid_prompt",
+            "message": f"Invalid {field}: expected {expected}",
+            "details": f"{field} must be {expected}, got {json_type(got)}",
+            "extra_info": {"field": field, "expected": expected, "got": json_type(got)},
+        },
+        "node_errors": {},
+    }
+
+
+def _core_answers_first(body: Any) -> bool:
+    """Whether core answers this body itself before anything is queued: not an object,
+    no graph, or a `number` that float() refuses (server.py post_prompt, both releases)."""
+    if not isinstance(body, dict) or "prompt" not in body:
+        return True
+    if "number" not in body:
+        return False
+    try:
+        float(body["number"])
+    except (TypeError, ValueError, OverflowError):
+        return True
+    return False
+
+
+# What core's executor and history code look up in a queued extra_data (execution.py
+# execute_async and PromptQueue.task_done, v0.3.64): a hit on a string or a list fails.
+LOOKED_UP_KEYS = ("client_id", "auth_token_comfy_org", "api_key_comfy_org")
+
+
+def _kills_the_executor(extra_data: Any) -> bool:
+    """Whether a non-object extra_data, queued as it is, ends the executor thread (v0.3.64):
+    `key in extra_data` raises on what is not a container, and a key found in a string or
+    an array is then read or popped as if from a dict. Other strings and arrays run (their
+    nodes' hidden inputs fail inside the node, which core reports as a node error)."""
+    if not isinstance(extra_data, (str, list)):
+        return True
+    return any(key in extra_data for key in LOOKED_UP_KEYS)
+
+
+def refusal(body: Any, *, extra_data_stamped: bool = True) -> dict[str, Any] | None:
+    """Our 400 answer for a body core would queue and then die of; None for any other body.
+
+    `extra_data_stamped`: core writes into every accepted extra_data before queueing it
+    (`create_time`, ComfyUI 0.3.69 and later), so one that is not an object is core's own
+    500 there, never queued.
+    """
+    if _core_answers_first(body):
+        return None
+    if "extra_data" in body and not isinstance(body["extra_data"], dict):
+        extra_data = body["extra_data"]
+        if "client_id" in body or extra_data_stamped or not _kills_the_executor(extra_data):
+            return None  # core's own 500 (it writes into it) or a prompt that runs
+        return error_answer("extra_data", "an object", extra_data)
+    where = body if "client_id" in body else body.get("extra_data", {})
+    client_id = where.get("client_id")
+    if isinstance(client_id, (dict, list)):
+        field = "client_id" if where is body else "extra_data.client_id"
+        return error_answer(field, "a string", client_id)
+    return None
+
+
+class Refused(Exception):
+    """Raised by the trap when core writes into a refused body's extra_data."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__(answer["error"]["details"])
+        self.answer = answer
+
+
+class RefusedExtraData(dict[str, Any]):
+    """Stands in for a refused body's extra_data: reads as empty, any write raises."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise Refused(self.answer)
+
+
+def guard_on_prompt(*, extra_data_stamped: bool) -> Callable[[Any], Any]:
+    """The on-prompt handler: a refused body goes on with a trap for extra_data and a
+    null client_id (so core writes into the trap, and nothing harmful is left if a later
+    handler copied it away)."""
+
+    def on_prompt(json_data: Any) -> Any:
+        answer = refusal(json_data, extra_data_stamped=extra_data_stamped)
+        if answer is None:
+            return json_data
+        return {**json_data, "client_id": None, "extra_data": RefusedExtraData(answer)}
+
+    return on_prompt
+
+
+def request_guard_middleware(*, paths: Iterable[str] = DEFAULT_PROMPT_PATHS) -> Middleware:
+    """Answers a refused body with 400 in ComfyUI's error shape; all else passes untouched."""
+    prompt_paths = frozenset(paths)
+    if not prompt_paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+        raise ValueError(f"paths must be absolute paths like '/prompt', got {prompt_paths!r}")
+
+    @web.middleware
+    async def request_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in prompt_paths:
+            return await handler(request)
+        try:
+            return await handler(request)
+        except Refused as refused:
+            logger.warning("clientid_bridge: refused a prompt: %s", refused)
+            return web.json_response(refused.answer, status=400)
+
+    return request_guard
+
+
+def install_request_guard(
+    app: web.Application,
+    *,
+    add_on_prompt_handler: Callable[[Callable[[Any], Any]], Any],
+    extra_data_stamped: bool,
+    switched_on: bool,
+) -> bool:
+    """Installs the middleware now and the on-prompt handler at start-up, after every pack's
+    (a handler that writes into a refused body's extra_data would meet the trap instead of
+    core); True when installed."""
+    if not switched_on:
+        logger.info("clientid_bridge: request guard off (%s)", GUARD_SWITCH)
+        return False
+    handler = guard_on_prompt(extra_data_stamped=extra_data_stamped)
+
+    async def add_handler_last(_: web.Application) -> None:
+        add_on_prompt_handler(handler)
+
+    app.middlewares.append(request_guard_middleware())
+    app.on_startup.append(add_handler_last)
+    return True

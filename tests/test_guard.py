@@ -1,0 +1,252 @@
+"""The request guard: refuses exactly the /prompt bodies core would queue and then die of."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from comfy_clientid_bridge.routing.guard import (
+    Refused,
+    guard_on_prompt,
+    install_request_guard,
+    refusal,
+    request_guard_middleware,
+)
+
+GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+DEAD = "not a graph core validates"
+QUEUED = web.AppKey("queued", list)  # our fake core's invalid graph
+
+# (id, body, refused where core stamps extra_data (0.8.0), refused where it does not (v0.3.64))
+CASES: list[tuple[str, Any, str | None, str | None]] = [
+    ("browser-body", {"prompt": GRAPH, "client_id": "tab", "extra_data": {}}, None, None),
+    ("no-client-id", {"prompt": GRAPH}, None, None),
+    ("client-id-null", {"prompt": GRAPH, "client_id": None}, None, None),
+    ("client-id-int", {"prompt": GRAPH, "client_id": 7}, None, None),
+    ("client-id-bool", {"prompt": GRAPH, "client_id": True}, None, None),
+    ("client-id-object", {"prompt": GRAPH, "client_id": {"a": 1}}, "client_id", "client_id"),
+    ("client-id-array", {"prompt": GRAPH, "client_id": [1]}, "client_id", "client_id"),
+    ("client-id-empty-array", {"prompt": GRAPH, "client_id": []}, "client_id", "client_id"),
+    (
+        "client-id-object-and-extra-data-object",
+        {"prompt": GRAPH, "client_id": {}, "extra_data": {"extra_pnginfo": {}}},
+        "client_id",
+        "client_id",
+    ),
+    (
+        "nested-client-id-object",
+        {"prompt": GRAPH, "extra_data": {"client_id": {"a": 1}}},
+        "extra_data.client_id",
+        "extra_data.client_id",
+    ),
+    (
+        "nested-client-id-array-under-a-string-one",
+        {"prompt": GRAPH, "client_id": "tab", "extra_data": {"client_id": [1]}},
+        None,  # core overwrites extra_data.client_id with the top-level one
+        None,
+    ),
+    ("nested-client-id-string", {"prompt": GRAPH, "extra_data": {"client_id": "t"}}, None, None),
+    ("extra-data-int", {"prompt": GRAPH, "extra_data": 5}, None, "extra_data"),
+    ("extra-data-float", {"prompt": GRAPH, "extra_data": 1.5}, None, "extra_data"),
+    ("extra-data-bool", {"prompt": GRAPH, "extra_data": False}, None, "extra_data"),
+    ("extra-data-null", {"prompt": GRAPH, "extra_data": None}, None, "extra_data"),
+    ("extra-data-string", {"prompt": GRAPH, "extra_data": "abc"}, None, None),
+    ("extra-data-empty-array", {"prompt": GRAPH, "extra_data": []}, None, None),
+    ("extra-data-array", {"prompt": GRAPH, "extra_data": [1, "x"]}, None, None),
+    (
+        "extra-data-string-naming-client-id",
+        {"prompt": GRAPH, "extra_data": "my client_id"},
+        None,
+        "extra_data",
+    ),
+    (
+        "extra-data-array-naming-a-secret",
+        {"prompt": GRAPH, "extra_data": ["api_key_comfy_org"]},
+        None,
+        "extra_data",
+    ),
+    (
+        "extra-data-string-naming-a-token",
+        {"prompt": GRAPH, "extra_data": "auth_token_comfy_org"},
+        None,
+        "extra_data",
+    ),
+    (
+        "extra-data-int-with-client-id",  # core's own 500: it writes client_id into it
+        {"prompt": GRAPH, "extra_data": 5, "client_id": "tab"},
+        None,
+        None,
+    ),
+    ("no-prompt", {"client_id": {"a": 1}}, None, None),
+    ("bad-number", {"prompt": GRAPH, "client_id": [1], "number": "x"}, None, None),
+    ("number-object", {"prompt": GRAPH, "client_id": [1], "number": {}}, None, None),
+    ("huge-number", {"prompt": GRAPH, "client_id": [1], "number": 10**400}, None, None),
+    ("good-number", {"prompt": GRAPH, "client_id": [1], "number": "2"}, "client_id", "client_id"),
+    ("nan-number", {"prompt": GRAPH, "client_id": [1], "number": "nan"}, "client_id", "client_id"),
+    ("front-object", {"prompt": GRAPH, "front": {"a": 1}}, None, None),
+    ("prompt-id-object", {"prompt": GRAPH, "prompt_id": {"a": 1}}, None, None),
+    ("targets-object", {"prompt": GRAPH, "partial_execution_targets": {"1": 1}}, None, None),
+    ("top-level-array", [{"prompt": GRAPH, "client_id": [1]}], None, None),
+    ("top-level-string", "prompt", None, None),
+    ("top-level-null", None, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "stamped", "unstamped"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+@pytest.mark.parametrize("extra_data_stamped", [True, False], ids=["0.8.0", "0.3.64"])
+def test_refusal(
+    body: Any, stamped: str | None, unstamped: str | None, extra_data_stamped: bool
+) -> None:
+    field = stamped if extra_data_stamped else unstamped
+    answer = refusal(body, extra_data_stamped=extra_data_stamped)
+    if field is None:
+        assert answer is None
+        return
+    assert answer is not None
+    assert set(answer) == {"error", "node_errors"} and answer["node_errors"] == {}
+    assert set(answer["error"]) == {"type", "message", "details", "extra_info"}
+    assert answer["error"]["extra_info"]["field"] == field
+    assert answer["error"]["details"].startswith(f"{field} must be ")
+
+
+# ----------------------------------------------------------------------------- on a server
+
+
+def fake_core(*, stamped: bool, handlers: list[Callable[[Any], Any]]) -> web.Application:
+    """server.py post_prompt in miniature (both releases): parse, on-prompt handlers (errors
+    swallowed), number, validate, extra_data writes, queue."""
+    app = web.Application(middlewares=[request_guard_middleware()])
+    queued: list[Any] = []
+    app[QUEUED] = queued
+
+    async def post_prompt(request: web.Request) -> web.Response:
+        json_data = await request.json()
+        for handler in handlers:
+            try:
+                json_data = handler(json_data)
+            except Exception:  # noqa: S112 - as core's trigger_on_prompt: logged and skipped
+                continue
+        if "number" in json_data:
+            float(json_data["number"])
+        if "prompt" not in json_data:
+            return web.json_response({"error": "no_prompt", "node_errors": {}}, status=400)
+        if json_data["prompt"] == DEAD:
+            return web.json_response({"error": "core's own", "node_errors": {"1": 2}}, status=400)
+        extra_data = json_data.get("extra_data", {})
+        if "client_id" in json_data:
+            extra_data["client_id"] = json_data["client_id"]
+        if stamped:
+            extra_data["create_time"] = 1
+        queued.append(extra_data)
+        return web.json_response({"prompt_id": "p", "number": 0, "node_errors": {}})
+
+    app.router.add_post("/prompt", post_prompt)
+    app.router.add_post("/api/prompt", post_prompt)
+    app.router.add_post("/other", post_prompt)
+    return app
+
+
+Client = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+
+
+async def answer(client: TestClient[Any, Any], path: str, body: Any) -> tuple[int, Any]:
+    response = await client.post(path, data=json.dumps(body))
+    return response.status, json.loads(await response.read())
+
+
+SERVER_CASES = [
+    ("client-id-object-valid-graph", {"prompt": GRAPH, "client_id": {"a": 1}}, "client_id"),
+    ("client-id-object-invalid-graph", {"prompt": DEAD, "client_id": {"a": 1}}, None),
+    (
+        "nested-client-id-valid-graph",
+        {"prompt": GRAPH, "extra_data": {"client_id": [1]}},
+        "extra_data.client_id",
+    ),
+    ("extra-data-int-valid-graph", {"prompt": GRAPH, "extra_data": 3}, "extra_data"),
+    ("extra-data-int-invalid-graph", {"prompt": DEAD, "extra_data": 3}, None),
+    ("browser-body", {"prompt": GRAPH, "client_id": "tab", "extra_data": {"a": 1}}, None),
+]
+
+
+@pytest.mark.parametrize("path", ["/prompt", "/api/prompt"])
+@pytest.mark.parametrize(
+    ("body", "refused"),
+    [case[1:] for case in SERVER_CASES],
+    ids=[case[0] for case in SERVER_CASES],
+)
+async def test_guarded_server_answers_as_core_except_refusals(
+    aiohttp_client: Client, path: str, body: Any, refused: str | None
+) -> None:
+    guarded = fake_core(stamped=False, handlers=[guard_on_prompt(extra_data_stamped=False)])
+    bare = fake_core(stamped=False, handlers=[])
+    guarded_client, bare_client = await aiohttp_client(guarded), await aiohttp_client(bare)
+    status, got = await answer(guarded_client, path, body)
+    if refused is None:
+        assert (status, got) == await answer(bare_client, path, body)
+        return
+    assert status == 400
+    assert got["error"]["type"] == "invalid_prompt"
+    assert got["error"]["extra_info"]["field"] == refused
+    assert guarded[QUEUED] == []  # nothing reached the queue
+
+
+async def test_refusal_caught_only_on_prompt_paths(aiohttp_client: Client) -> None:
+    app = fake_core(stamped=False, handlers=[guard_on_prompt(extra_data_stamped=False)])
+    client = await aiohttp_client(app)
+    response = await client.post("/other", data=json.dumps({"prompt": GRAPH, "client_id": [1]}))
+    assert response.status == 500  # not ours to answer there
+    assert app[QUEUED] == []
+
+
+async def test_a_later_handler_copying_extra_data_leaves_a_harmless_prompt(
+    aiohttp_client: Client,
+) -> None:
+    """The trap is lost to a handler that rebuilds extra_data; the client_id that would have
+    killed the server is gone too."""
+
+    def rebuild(json_data: Any) -> Any:
+        return {**json_data, "extra_data": dict(json_data.get("extra_data", {}))}
+
+    guard = guard_on_prompt(extra_data_stamped=False)
+    app = fake_core(stamped=False, handlers=[guard, rebuild])
+    client = await aiohttp_client(app)
+    status, _ = await answer(client, "/prompt", {"prompt": GRAPH, "client_id": {"a": 1}})
+    assert status == 200
+    assert app[QUEUED] == [{"client_id": None}]
+
+
+def test_trap_reads_as_empty_and_refuses_writes() -> None:
+    body = guard_on_prompt(extra_data_stamped=True)({"prompt": GRAPH, "client_id": [1]})
+    assert body["client_id"] is None and body["extra_data"] == {}
+    assert body["extra_data"].get("extra_pnginfo") is None
+    with pytest.raises(Refused):
+        body["extra_data"]["client_id"] = None
+
+
+@pytest.mark.parametrize("paths", [(), ("prompt",), (1,)], ids=["none", "relative", "not-str"])
+def test_factory_refuses_bad_paths(paths: Any) -> None:
+    with pytest.raises(ValueError, match="paths"):
+        request_guard_middleware(paths=paths)
+
+
+@pytest.mark.parametrize("switched_on", [True, False], ids=["on", "off"])
+async def test_install_adds_the_handler_at_start_up(
+    aiohttp_client: Client, switched_on: bool
+) -> None:
+    app, handlers = web.Application(), []
+    installed = install_request_guard(
+        app, add_on_prompt_handler=handlers.append, extra_data_stamped=True, switched_on=switched_on
+    )
+    assert installed == switched_on
+    assert len(app.middlewares) == switched_on and handlers == []
+    await aiohttp_client(app)  # starts the app: on_startup runs
+    assert len(handlers) == switched_on
