@@ -102,12 +102,24 @@ async def test_timer_after_node_returned_follows_its_graph_not_the_running_promp
     assert bridge_of(comfy_server).recent[-1]["origin_prompt_id"] == "p1"  # A's, as answered
 
 
-async def test_a_refused_submission_is_nobodys_origin(comfy_server: TestServer) -> None:
+async def test_a_tabs_refused_submission_is_not_remembered(comfy_server: TestServer) -> None:
     url = str(comfy_server.make_url("/prompt"))
     await post_from_outside(url, {"prompt": graph(0, "reject"), "client_id": TAB_A})
     status, _ = await post_from_outside(url, {"prompt": graph(0, "reject"), "client_id": TAB_B})
     assert status == 400
     assert len(bridge_of(comfy_server).ledger) == 0  # what ComfyUI refused is forgotten
+
+
+async def test_a_refused_node_code_submission_leaves_the_ledger(comfy_server: TestServer) -> None:
+    """Node code's re-queue enters the ledger when decided; ComfyUI refuses it: it goes."""
+    comfy_of(comfy_server).running = running(TAB_A)
+    url = str(comfy_server.make_url("/prompt"))
+    status, _ = await post_from_thread(url, {"prompt": graph(1, "reject")})
+    assert status == 400
+    bridge = bridge_of(comfy_server)
+    assert comfy_of(comfy_server).received[-1]["client_id"] == TAB_A  # it was decided ...
+    assert len(bridge.ledger) == 0  # ... and forgotten once refused
+    assert [(d["action"], d["status"]) for d in bridge.recent] == [("rewrite", 400)]
 
 
 async def test_an_unencodable_client_id_is_logged_escaped(
@@ -139,9 +151,7 @@ async def test_chain_iteration_inherits_from_the_previous_iteration(
     assert bridge_of(comfy_server).counts["rewrite"] == 4
 
 
-async def test_own_workflow_and_other_extra_data_are_kept_and_secrets_never_copied(
-    comfy_server: TestServer,
-) -> None:
+async def test_own_workflow_and_other_extra_data_are_kept(comfy_server: TestServer) -> None:
     comfy = comfy_of(comfy_server)
     comfy.running = running(TAB_A)
     comfy.running.extra_pnginfo = {"workflow": WORKFLOW, **SECRETS}
@@ -154,6 +164,29 @@ async def test_own_workflow_and_other_extra_data_are_kept_and_secrets_never_copi
     received = comfy.received[-1]
     assert received["extra_data"] == own
     assert received["client_id"] == TAB_A
+
+
+@pytest.mark.parametrize("thread", [WORKER_THREAD, "Thread-7"], ids=["executing", "lineage"])
+async def test_the_origins_workflow_is_copied_and_its_secrets_are_not(
+    comfy_server: TestServer, thread: str
+) -> None:
+    """The copy branch runs: the re-queue has no workflow of its own. Its origin, a tab's
+    prompt, carried secrets in extra_data; ComfyUI is handed the workflow and nothing else."""
+    url = str(comfy_server.make_url("/prompt"))
+    origin_extra = {"extra_pnginfo": {"workflow": WORKFLOW}, **SECRETS}
+    origin = {"prompt": graph(0), "client_id": TAB_A, "extra_data": origin_extra}
+    await post_from_outside(url, origin)
+    comfy_of(comfy_server).running = running(TAB_A)
+
+    await post_from_thread(url, {"prompt": graph(1)}, thread_name=thread)
+
+    received = comfy_of(comfy_server).received[-1]
+    assert received["client_id"] == TAB_A
+    assert received["extra_data"] == {"extra_pnginfo": {"workflow": WORKFLOW}}
+    assert all(secret not in json.dumps(received) for secret in SECRETS.values())
+    [decision] = bridge_of(comfy_server).recent
+    assert decision["action"] == "rewrite"
+    assert all(secret not in json.dumps(decision) for secret in SECRETS.values())
 
 
 async def test_secrets_never_reach_status_or_log(

@@ -67,6 +67,30 @@ def test_closed_sockets_are_forgotten(listener: socket.socket) -> None:
     accepted.close()
 
 
+def test_a_connection_closed_after_it_was_indexed_is_forgotten(listener: socket.socket) -> None:
+    registry = SelfConnections()
+    client, accepted = connect(registry, listener)
+    peer, here = accepted.getpeername(), accepted.getsockname()
+    assert registry.lookup(peer, here) is not None  # now indexed by its local address
+    client.close()
+    assert registry.lookup(peer, here) is None
+    assert len(registry) == 0
+    accepted.close()
+
+
+def test_the_same_local_address_talking_to_another_server_is_not_ours(
+    listener: socket.socket,
+) -> None:
+    """The index is by local address; a request whose two ends are not that socket's (its
+    port reused towards another server, say) is not the indexed connection."""
+    registry = SelfConnections()
+    client, accepted = connect(registry, listener)
+    peer = accepted.getpeername()
+    assert registry.lookup(peer, accepted.getsockname()) is not None
+    assert registry.lookup(peer, ("127.0.0.1", 1)) is None
+    client.close(), accepted.close()
+
+
 def test_tracking_is_bounded(listener: socket.socket) -> None:
     registry = SelfConnections(max_tracked=2)
     pairs = [connect(registry, listener) for _ in range(3)]
