@@ -318,3 +318,17 @@ def post_prompt_stamps_extra_data() -> bool:
     An unknown release counts as not stamping: the request guard then refuses more, not less."""
     version = comfyui_version()
     return version is not None and version >= (0, 3, 69)
+
+
+def next_prompt_number(server: Any) -> float:
+    """The number POST /prompt gives the next body without a "number" (negated for a truthy
+    "front"): v0.3.64 and 0.8.0 server.PromptServer.number, incremented per such body."""
+    return float(server.number)
+
+
+def waiting_items(server: Any) -> list[tuple[Any, ...]]:
+    """The queue items not running yet. v0.3.64 and 0.8.0 PromptQueue.queue is a heap of
+    items (number, prompt_id, prompt, extra_data, outputs_to_execute[, sensitive]) that
+    heapq orders by comparing whole tuples; read under the queue's mutex."""
+    _, queued = server.prompt_queue.get_current_queue_volatile()
+    return [tuple(item) for item in queued]

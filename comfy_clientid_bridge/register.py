@@ -29,7 +29,7 @@ from .routing.broadcasts import (
 )
 from .routing.credentials import CredentialStore, credentials_middleware, place_outermost
 from .routing.decisions import Bridge
-from .routing.guard import GUARD_SWITCH, install_request_guard
+from .routing.guard import GUARD_SWITCH, QueueView, install_request_guard
 from .routing.lineage import PromptRecord
 from .routing.middleware import (
     BRIDGE,
@@ -138,6 +138,10 @@ def _install(server: Any) -> bool:
         app,
         add_on_prompt_handler=server.add_on_prompt_handler,
         extra_data_stamped=internals.post_prompt_stamps_extra_data(),
+        queue=QueueView(
+            waiting=lambda: internals.waiting_items(server),
+            next_number=lambda: internals.next_prompt_number(server),
+        ),
         switched_on=enabled(switch=GUARD_SWITCH),
     )
     if not enabled():

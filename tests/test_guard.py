@@ -11,9 +11,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from comfy_clientid_bridge.routing.guard import (
+    QueueView,
     Refused,
     guard_on_prompt,
     install_request_guard,
+    queue_tie,
     refusal,
     request_guard_middleware,
 )
@@ -116,6 +118,80 @@ def test_refusal(
     assert set(answer["error"]) == {"type", "message", "details", "extra_info"}
     assert answer["error"]["extra_info"]["field"] == field
     assert answer["error"]["details"].startswith(f"{field} must be ")
+
+
+# ----------------------------------------------------------------------------- queue ties
+
+OTHER = {"2": {"class_type": "EmptyImage", "inputs": {}}}
+# A waiting v0.3.64 item: (number, prompt_id, prompt, extra_data, outputs_to_execute)
+WAITING = (7, "mine", GRAPH, {"client_id": "tab"}, ["1"])
+COUNTER = 7.0  # the server's next automatic number
+
+# (id, body, refused where core stamps extra_data (0.8.0), refused where it does not)
+TIES: list[tuple[str, Any, bool, bool]] = [
+    ("no-prompt-id", {"prompt": OTHER, "number": 7}, False, False),
+    ("same-key-other-graph", {"prompt": OTHER, "number": 7, "prompt_id": "mine"}, True, True),
+    (
+        "same-key-same-graph-other-client",
+        {"prompt": GRAPH, "number": 7, "prompt_id": "mine", "client_id": "b"},
+        True,
+        True,
+    ),
+    (
+        "identical-item",  # heapq compares equal tuples without '<' on a dict
+        {"prompt": GRAPH, "number": 7, "prompt_id": "mine", "client_id": "tab"},
+        True,  # create_time always differs
+        False,
+    ),
+    ("other-number", {"prompt": OTHER, "number": 8, "prompt_id": "mine"}, False, False),
+    ("other-id", {"prompt": OTHER, "number": 7, "prompt_id": "yours"}, False, False),
+    ("number-as-string", {"prompt": OTHER, "number": "7", "prompt_id": "mine"}, True, True),
+    ("nan-number", {"prompt": OTHER, "number": "nan", "prompt_id": "mine"}, False, False),
+    ("automatic-number", {"prompt": OTHER, "prompt_id": "mine"}, True, True),
+    ("front-negates", {"prompt": OTHER, "prompt_id": "mine", "front": True}, False, False),
+    ("front-falsy", {"prompt": OTHER, "prompt_id": "mine", "front": 0}, True, True),
+    ("id-as-number", {"prompt": OTHER, "number": 7, "prompt_id": 5}, False, False),
+    ("bad-number", {"prompt": OTHER, "number": "x", "prompt_id": "mine"}, False, False),
+    ("no-prompt", {"number": 7, "prompt_id": "mine"}, False, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "stamped", "unstamped"),
+    [case[1:] for case in TIES],
+    ids=[case[0] for case in TIES],
+)
+@pytest.mark.parametrize("extra_data_stamped", [True, False], ids=["0.8.0", "0.3.64"])
+def test_queue_tie(body: Any, stamped: bool, unstamped: bool, extra_data_stamped: bool) -> None:
+    answer = queue_tie(
+        body, waiting=[WAITING], next_number=COUNTER, extra_data_stamped=extra_data_stamped
+    )
+    refused = stamped if extra_data_stamped else unstamped
+    assert (answer is not None) == refused
+    if answer is not None:
+        assert answer["error"]["extra_info"]["field"] == "prompt_id"
+
+
+def test_prompt_id_read_as_core_reads_it() -> None:
+    waiting = [(7, "5", GRAPH, {}, ["1"])]
+    body = {"prompt": OTHER, "number": 7, "prompt_id": 5}  # core: str(prompt_id)
+    assert queue_tie(body, waiting=waiting, next_number=0, extra_data_stamped=False)
+
+
+def test_the_handler_reads_the_queue_only_for_a_chosen_prompt_id() -> None:
+    reads: list[int] = []
+
+    def waiting() -> list[tuple[Any, ...]]:
+        reads.append(1)
+        return [WAITING]
+
+    handler = guard_on_prompt(
+        extra_data_stamped=False, queue=QueueView(waiting=waiting, next_number=lambda: COUNTER)
+    )
+    assert handler({"prompt": OTHER, "client_id": "tab"})["client_id"] == "tab"
+    assert reads == []
+    tied = handler({"prompt": OTHER, "prompt_id": "mine"})
+    assert reads == [1] and "prompt_id" not in tied and tied["client_id"] is None
 
 
 # ----------------------------------------------------------------------------- on a server
@@ -244,7 +320,11 @@ async def test_install_adds_the_handler_at_start_up(
 ) -> None:
     app, handlers = web.Application(), []
     installed = install_request_guard(
-        app, add_on_prompt_handler=handlers.append, extra_data_stamped=True, switched_on=switched_on
+        app,
+        add_on_prompt_handler=handlers.append,
+        extra_data_stamped=True,
+        queue=QueueView(waiting=list, next_number=lambda: 0.0),
+        switched_on=switched_on,
     )
     assert installed == switched_on
     assert len(app.middlewares) == switched_on and handlers == []

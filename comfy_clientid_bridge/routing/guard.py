@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -90,6 +91,54 @@ def _kills_the_executor(extra_data: Any) -> bool:
     return any(key in extra_data for key in LOOKED_UP_KEYS)
 
 
+def _number(body: dict[str, Any], next_number: float) -> float:
+    """The number core gives the body's queue item (post_prompt: "number", else the
+    server's counter, negated for a truthy "front")."""
+    if "number" in body:
+        return float(body["number"])
+    return -next_number if body.get("front") else next_number
+
+
+def _unorderable(item: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
+    try:
+        item < other  # noqa: B015 - what heapq does with two queue items
+    except TypeError:
+        return True
+    return False
+
+
+def queue_tie(
+    body: Any,
+    *,
+    waiting: Iterable[tuple[Any, ...]],
+    next_number: float,
+    extra_data_stamped: bool = True,
+) -> dict[str, Any] | None:
+    """Our 400 answer for a body whose queue item heapq could not order against one that
+    is waiting: same number and prompt_id, then dicts that differ (execution.py
+    PromptQueue.put/get). The failing comparison leaves the item in the heap and ends the
+    executor thread at its next get, so the queue stalls for good.
+
+    Only a body that chooses its prompt_id can tie (core's own are uuid4). Where core stamps
+    create_time into extra_data, two items with one key always differ there.
+    """
+    if _core_answers_first(body) or "prompt_id" not in body:
+        return None
+    key = (_number(body, next_number), str(body["prompt_id"]))
+    extra_data = body.get("extra_data", {})
+    if "client_id" in body and isinstance(extra_data, dict):
+        extra_data = {**extra_data, "client_id": body["client_id"]}
+    for item in waiting:
+        if item[:2] != key:
+            continue
+        mine = (*key, body["prompt"], extra_data, *item[4:])
+        if extra_data_stamped or _unorderable(mine, item) or _unorderable(item, mine):
+            return error_answer(
+                "prompt_id", "an id that no waiting prompt with the same number has", key[1]
+            )
+    return None
+
+
 def refusal(body: Any, *, extra_data_stamped: bool = True) -> dict[str, Any] | None:
     """Our 400 answer for a body core would queue and then die of; None for any other body.
 
@@ -131,16 +180,36 @@ class RefusedExtraData(dict[str, Any]):
         raise Refused(self.answer)
 
 
-def guard_on_prompt(*, extra_data_stamped: bool) -> Callable[[Any], Any]:
-    """The on-prompt handler: a refused body goes on with a trap for extra_data and a
-    null client_id (so core writes into the trap, and nothing harmful is left if a later
-    handler copied it away)."""
+@dataclass(frozen=True)
+class QueueView:
+    """What the tie check reads of core's queue (internals.waiting_items and
+    internals.next_prompt_number)."""
+
+    waiting: Callable[[], Iterable[tuple[Any, ...]]]
+    next_number: Callable[[], float]
+
+
+def guard_on_prompt(
+    *, extra_data_stamped: bool, queue: QueueView | None = None
+) -> Callable[[Any], Any]:
+    """The on-prompt handler: a refused body goes on with a trap for extra_data, a null
+    client_id and no prompt_id of its own (so core writes into the trap, and nothing
+    harmful is left if a later handler copied it away)."""
 
     def on_prompt(json_data: Any) -> Any:
         answer = refusal(json_data, extra_data_stamped=extra_data_stamped)
+        if answer is None and queue is not None and isinstance(json_data, dict):
+            if "prompt_id" in json_data:  # the only bodies that can tie (see queue_tie)
+                answer = queue_tie(
+                    json_data,
+                    waiting=queue.waiting(),
+                    next_number=queue.next_number(),
+                    extra_data_stamped=extra_data_stamped,
+                )
         if answer is None:
             return json_data
-        return {**json_data, "client_id": None, "extra_data": RefusedExtraData(answer)}
+        defused = {k: v for k, v in json_data.items() if k != "prompt_id"}
+        return {**defused, "client_id": None, "extra_data": RefusedExtraData(answer)}
 
     return on_prompt
 
@@ -169,6 +238,7 @@ def install_request_guard(
     *,
     add_on_prompt_handler: Callable[[Callable[[Any], Any]], Any],
     extra_data_stamped: bool,
+    queue: QueueView,
     switched_on: bool,
 ) -> bool:
     """Installs the middleware now and the on-prompt handler at start-up, after every pack's
@@ -177,7 +247,7 @@ def install_request_guard(
     if not switched_on:
         logger.info("clientid_bridge: request guard off (%s)", GUARD_SWITCH)
         return False
-    handler = guard_on_prompt(extra_data_stamped=extra_data_stamped)
+    handler = guard_on_prompt(extra_data_stamped=extra_data_stamped, queue=queue)
 
     async def add_handler_last(_: web.Application) -> None:
         add_on_prompt_handler(handler)
