@@ -21,7 +21,9 @@ from ..internals import READY_LOG_LINE
 REPO = Path(__file__).resolve().parents[2]
 # What other packs do: re-queue the next iteration by POSTing /prompt from node code.
 NAIVE_PACK = REPO / "examples" / "naive_requeue_pack"
-BOOT_TIMEOUT = 120.0
+# Boot waits on the ready line, and fails at once if ComfyUI exits; the limit only catches a
+# hang. Generous: with other servers starting on a loaded 2-core machine, boot took > 120 s.
+BOOT_TIMEOUT = 600.0
 
 
 def find_comfyui() -> tuple[Path, Path] | str:
