@@ -244,3 +244,31 @@ async def test_an_image_batch_is_saved_one_file_each(comfy: Comfy, tmp_path: Pat
     outputs = sorted(p.name for p in (comfy.output / "repeat").glob("*.png"))
     assert outputs == ["a_out_0.png", "a_out_1.png", "b_out_0.png", "b_out_1.png"]
     assert len(saver_images(tab_a)) == 4
+
+
+async def test_run_again_after_new_files_processes_only_the_new_ones(
+    comfy: Comfy, tmp_path: Path
+) -> None:
+    """3 images run; 2 more dropped in (one sorts first); Run again: 5 outputs, none twice."""
+    folder = tmp_path / "grows"
+    folder.mkdir()
+    for name in ("b1.png", "b2.png", "b3.png"):
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / name)
+    # "increment" would write b1_out_1.png if any image were processed twice.
+    graph = batch_graph(folder, subfolder="grows", existing="increment")
+    out = comfy.output / "grows"
+    await run(comfy, graph)
+    assert sorted(p.name for p in out.glob("*.png")) == [f"b{n}_out.png" for n in (1, 2, 3)]
+
+    for name in ("a0.png", "b4.png"):
+        Image.new("RGB", (8, 8), (4, 5, 6)).save(folder / name)
+    tab, _ = await run(comfy, graph)
+    outputs = sorted(p.name for p in out.glob("*.png"))
+    assert outputs == ["a0_out.png", *(f"b{n}_out.png" for n in (1, 2, 3, 4))]
+    loaded = [e["output"]["file"][0] for e in tab.of_type("executed") if e["node"] == "1"]
+    assert loaded == ["a0.png", "b4.png"]
+
+    tab, _ = await run(comfy, graph)  # nothing new: already complete, nothing written
+    [loader] = [e["output"] for e in tab.of_type("executed") if e["node"] == "1"]
+    assert loader["state"] == ["complete"]
+    assert sorted(p.name for p in out.glob("*.png")) == outputs
