@@ -505,3 +505,18 @@ def test_the_command_has_the_same_options_either_way() -> None:
         "python -m comfy_clientid_bridge"
     )
     assert program_name("/home/u/.local/bin/comfy-clientid-bridge") == "comfy-clientid-bridge"
+
+
+def test_the_runner_declares_floors_only_and_nothing_comfyui_must_own() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from packaging.requirements import Requirement
+
+    root = Path(__file__).resolve().parents[1]
+    with (root / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)["project"]
+    declared = [Requirement(line) for line in project["dependencies"]]
+    assert sorted(r.name for r in declared) == ["aiohttp", "tqdm"]
+    assert all(spec.operator == ">=" for r in declared for spec in r.specifier)
+    assert project["scripts"] == {"comfy-clientid-bridge": "comfy_clientid_bridge.__main__:main"}
+    requirements = (root / "requirements.txt").read_text().splitlines()
+    assert [line for line in requirements if line.strip() and not line.startswith("#")] == []

@@ -1,94 +1,140 @@
-"""`python -m comfy_clientid_bridge batch` against a real ComfyUI."""
+"""`comfy-clientid-bridge batch` against one real ComfyUI; installed plainly into a fresh venv."""
 
 from __future__ import annotations
 
-import signal
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from integration.cli_support import (
+    SLOW_PACK,
+    Running,
+    command,
+    images,
+    run,
+    workflow,
+)
 from integration.support import comfy_fixture
-from PIL import Image
+from packaging.requirements import Requirement
 
-from comfy_clientid_bridge.tools.launcher import REPO, Comfy
+from comfy_clientid_bridge.tools.launcher import REPO, Comfy, find_comfyui
 
 pytestmark = pytest.mark.integration
-EXAMPLE = REPO / "examples" / "batch_folder.api.json"
+
+comfy = comfy_fixture(REPO, SLOW_PACK)
 
 
-comfy = comfy_fixture(REPO)
+def host(comfy: Comfy) -> str:
+    return comfy.url.removeprefix("http://")
 
 
-def images(folder: Path, count: int, size: int = 32, corrupt: bool = False) -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(4)
-    for number in range(count):
-        pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-        # Named after the folder: every test writes into the example's one output subfolder.
-        Image.fromarray(pixels).save(folder / f"{folder.name}{number:02}.png", compress_level=0)
-    if corrupt:
-        (folder / "zz_corrupt.png").write_bytes(b"not a png")
-    return folder
-
-
-def command(comfy: Comfy, folder: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "comfy_clientid_bridge",
-        "batch",
-        "--server",
-        comfy.url,
-        "--workflow",
-        str(EXAMPLE),
-        "--folder",
-        str(folder),
-    ]
-
-
-def test_a_clean_folder_exits_zero(comfy: Comfy, tmp_path: Path) -> None:
-    done = subprocess.run(
-        command(comfy, images(tmp_path / "ok", 5)),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "result: done: 5 saved, 0 skipped" in done.stderr
-    assert "5/5" in done.stderr or "4/5" in done.stderr  # the progress lines
+def test_a_clean_folder_exits_zero_with_a_plain_line_per_image(
+    comfy: Comfy, tmp_path: Path
+) -> None:
+    images(tmp_path / "ok", 5)
+    flow = workflow(tmp_path / "flow.json", "ok")
+    status, running = run(command([comfy.url], flow, tmp_path / "ok"))
+    assert status == 0, running.text()
+    lines = running.stderr  # not a terminal: plain lines, no carriage returns, no bar
+    counted = [line.split(" [")[0] for line in lines if line.startswith(f"{host(comfy)} ")]
+    assert counted[-3:] == [f"{host(comfy)} {n}/5" for n in (3, 4, 5)]
+    assert all("\r" not in line and "\x1b" not in line for line in lines)
+    assert f"{host(comfy)}: done: 5 saved, 0 skipped" in lines
+    report = next(line for line in lines if line.startswith(f"  report ({host(comfy)}): "))
+    assert Path(report.split("): ", 1)[1]).parent == comfy.output
+    assert lines[-1] == "result: 5/5 images (exit 0)"
+    assert running.stdout == []
 
 
 def test_an_unreadable_image_exits_non_zero_with_the_summary(comfy: Comfy, tmp_path: Path) -> None:
-    folder = images(tmp_path / "bad", 3, corrupt=True)
-    done = subprocess.run(
-        command(comfy, folder), capture_output=True, text=True, cwd=REPO, timeout=120
-    )
-    assert done.returncode == 1
-    assert "result: done: 3 saved, 0 skipped, 1 failed" in done.stderr
-    assert "report: " in done.stderr
+    images(tmp_path / "bad", 3, corrupt=True)
+    flow = workflow(tmp_path / "flow.json", "bad")
+    status, running = run(command([comfy.url], flow, tmp_path / "bad", "--json"))
+    assert status == 1, running.text()
+    [end] = [event for event in running.events() if event["event"] == "end"]
+    assert (end["outcome"], end["failed"], end["ok"]) == ("done", 1, False)
+    assert end["message"] == "done: 3 saved, 0 skipped, 1 failed"
+    assert running.events()[-1]["exit"] == 1
 
 
 def test_ctrl_c_stops_the_batch_and_the_same_command_resumes(comfy: Comfy, tmp_path: Path) -> None:
-    folder = images(tmp_path / "slow", 12, size=900)
-    process = subprocess.Popen(command(comfy, folder), stderr=subprocess.PIPE, text=True, cwd=REPO)
-    assert process.stderr is not None
-    for line in process.stderr:  # not a terminal: one line per image
-        if line.startswith("[") and line.split("] ", 1)[1].startswith(("2/", "3/")):
-            break
-    process.send_signal(signal.SIGINT)
-    rest = process.stderr.read()
-    process.stderr.close()
-    assert process.wait(timeout=60) == 130, rest
-    assert "stopped" in rest
-    time.sleep(1)
-    saved = list((comfy.output / "batch").glob("slow*_out.png"))
-    assert 2 <= len(saved) < 12
-    resumed = subprocess.run(
-        command(comfy, folder), capture_output=True, text=True, cwd=REPO, timeout=180
+    folder = tmp_path / "slow"
+    images(folder, 8)
+    flow = workflow(tmp_path / "flow.json", "slow", pause=0.3)
+    running = Running(command([comfy.url], flow, folder))
+    running.wait_until(lambda: any(f"{host(comfy)} 2/8 " in line for line in running.stderr))
+    running.interrupt()
+    assert running.finish() == 130, running.text()
+    assert any(
+        line.startswith(f"{host(comfy)}: stopped at ") and "run the same command again" in line
+        for line in running.stderr
+    ), running.text()
+    status, resumed = run(command([comfy.url], flow, folder))
+    assert status == 0, resumed.text()
+    assert f"{host(comfy)}: done: 8 saved, 0 skipped" in resumed.stderr
+    first = next(line for line in resumed.stderr if line.startswith(f"{host(comfy)} "))
+    assert not first.startswith(f"{host(comfy)} 0/8"), "resumed where it stopped"
+    assert len(list((comfy.output / "slow").glob("*_out.png"))) == 8
+
+
+def project() -> dict[str, list[str]]:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with (REPO / "pyproject.toml").open("rb") as file:
+        return dict(tomllib.load(file)["project"])
+
+
+def test_comfyuis_environment_already_has_what_the_runner_declares() -> None:
+    """A clone in custom_nodes/ adds nothing to ComfyUI's environment: requirements.txt
+    lists nothing, and ComfyUI's python already satisfies every [project] dependency."""
+    found = find_comfyui()
+    assert not isinstance(found, str), found
+    requirements = (REPO / "requirements.txt").read_text().splitlines()
+    assert [line for line in requirements if line.strip() and not line.startswith("#")] == []
+    for dependency in map(Requirement, project()["dependencies"]):
+        installed = subprocess.run(
+            [
+                str(found[1]),
+                "-c",
+                f"import importlib.metadata as m; print(m.version({dependency.name!r}))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert dependency.specifier.contains(installed), (dependency, installed)
+
+
+def test_a_plain_pip_install_in_a_fresh_venv_runs_the_command(comfy: Comfy, tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: building writes build/ and egg-info next to it
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "*.egg-info", "build", "*_cache", ".hypothesis", "__pycache__", "docs"
+        ),
     )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "result: done: 12 saved" in resumed.stderr
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pip.returncode == 0, pip.stderr
+    installed = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.lower()
+    for heavy in ("torch", "numpy", "pillow"):
+        assert f"\n{heavy}==" not in f"\n{installed}", installed
+    images(tmp_path / "fresh", 3)
+    flow = workflow(tmp_path / "flow.json", "fresh")
+    program = [str(venv / "bin" / "comfy-clientid-bridge")]
+    status, running = run(command([comfy.url], flow, tmp_path / "fresh", program=program))
+    assert status == 0, running.text()
+    assert f"{host(comfy)}: done: 3 saved, 0 skipped" in running.stderr
