@@ -1,6 +1,8 @@
 """ComfyUI's own execution tests (tests/execution), run as is and with our package installed.
 
-Run: python bench/comfy_execution_suite.py [pytest args selecting a subset, e.g. -k "not lru"]
+Run: python bench/comfy_execution_suite.py [--comfyui CHECKOUT] [pytest args selecting a
+subset, e.g. -k "not lru"]. The checkout: --comfyui (its .venv's python, or $COMFYUI_PYTHON),
+else $COMFYUI_PATH / ~/comfy/ComfyUI as the integration tier finds it; either release works.
 
 The suite starts its own servers (`python main.py ... --extra-model-paths-config
 tests/execution/extra_model_paths.yaml`) from class fixtures, with `python` taken from PATH
@@ -30,7 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comfy_clientid_bridge.tools.launcher import REPO, find_comfyui, free_port  # noqa: E402
+from comfy_clientid_bridge.tools.launcher import (  # noqa: E402
+    REPO,
+    checkout_and_python,
+    comfyui_version,
+    find_comfyui,
+    free_port,
+)
 
 LOADED_LINE = "clientid_bridge: re-queued prompts now reach the tab that started them"
 PLUGIN_NAME = "cib_suite_plugin"
@@ -175,14 +183,24 @@ def run_suite(
     )
 
 
+def chosen_comfyui(argv: list[str]) -> tuple[tuple[Path, Path] | str, list[str]]:
+    """(checkout, python) from a leading `--comfyui PATH`, else find_comfyui(); the rest."""
+    if argv[:1] == ["--comfyui"] and len(argv) > 1:
+        python = os.environ.get("COMFYUI_PYTHON")
+        return checkout_and_python(Path(argv[1]), Path(python) if python else None), argv[2:]
+    return find_comfyui(), argv
+
+
 def main() -> int:
-    found = find_comfyui()
+    found, selection = chosen_comfyui(sys.argv[1:])
     if isinstance(found, str):
         print(f"comfy_execution_suite: {found}")
         return 2
     checkout, python = found
-    selection = sys.argv[1:]
-    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  nproc={os.cpu_count()}  ComfyUI {checkout}")
+    version = comfyui_version(checkout) or "unknown version"
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}  nproc={os.cpu_count()}  ComfyUI {version} {checkout}"
+    )
     print(f"suite: {' '.join(selection) or 'tests/execution'} (ComfyUI's own, unmodified)")
     runs = [
         run_suite("as is", checkout, python, selection, with_bridge=False),
