@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from comfy_clientid_bridge.batch import naming
 from comfy_clientid_bridge.batch.naming import (
     atomic_write_bytes,
     atomic_writer,
@@ -156,46 +157,41 @@ def outputs(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("name", "policy", "taken", "expected"),
+    ("name", "policy", "expected"),
     [
-        ("x.png", "overwrite", [], "x.png"),
-        ("new.png", "overwrite", [], "new.png"),
-        ("x.png", "skip", [], None),
-        ("new.png", "skip", [], "new.png"),
-        ("new.png", "skip", ["new.png"], None),
-        ("dangling.png", "skip", [], None),
-        ("new.png", "increment", [], "new.png"),
-        ("x.png", "increment", [], "x_2.png"),
-        ("x.png", "increment", ["x_2.png", "x_3.png"], "x_4.png"),
-        ("my photo.png", "increment", [], "my photo_1.png"),
-        ("dangling.png", "increment", [], "dangling_1.png"),
+        ("x.png", "overwrite", "x.png"),
+        ("new.png", "overwrite", "new.png"),
+        ("x.png", "skip", None),
+        ("new.png", "skip", "new.png"),
+        ("dangling.png", "skip", None),
+        ("new.png", "increment", "new.png"),
+        ("x.png", "increment", "x_2.png"),
+        ("my photo.png", "increment", "my photo_1.png"),
+        ("dangling.png", "increment", "dangling_1.png"),
     ],
     ids=[
         "overwrite-existing",
         "overwrite-new",
         "skip-existing",
         "skip-new",
-        "skip-taken-by-batch",
         "skip-dangling-symlink",
         "increment-new",
         "increment-past-existing",
-        "increment-past-taken",
         "increment-with-space",
         "increment-past-dangling-symlink",
     ],
 )
-def test_choose_target(
-    outputs: Path, name: str, policy: str, taken: list[str], expected: str | None
-) -> None:
-    claimed = {str(outputs / other) for other in taken}
-    result = choose_target(outputs / name, policy, claimed)
+def test_choose_target(outputs: Path, name: str, policy: str, expected: str | None) -> None:
+    result = choose_target(outputs / name, policy)
     assert result == (None if expected is None else outputs / expected)
-    if result is not None:
-        assert str(result) in claimed
 
 
-def test_choose_target_works_without_taken(outputs: Path) -> None:
-    assert choose_target(outputs / "x.png", "increment") == outputs / "x_2.png"
+def test_increment_gives_up_after_max_increment(
+    outputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(naming, "MAX_INCREMENT", 1)
+    with pytest.raises(FileExistsError, match="after 1 attempts"):
+        choose_target(outputs / "x.png", "increment")
 
 
 def test_choose_target_rejects_unknown_policy(outputs: Path) -> None:

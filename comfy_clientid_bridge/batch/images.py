@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 FloatImage = npt.NDArray[np.float32]
 
-FORMATS: dict[str, str] = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+# A format name as the saver is given it -> the format Pillow writes.
+PILLOW_FORMAT_OF: dict[str, str] = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 EXIF_MAKE = 0x010F
 EXIF_MODEL = 0x0110
 # A JPEG APP1 segment holds at most 65535 bytes including its 2-byte length field.
@@ -49,14 +50,6 @@ class UnreadableImage(ValueError):
 
     def __str__(self) -> str:
         return f"cannot read image {self.path}: {self.reason}"
-
-
-def _check_size(image: Image.Image, max_pixels: int | None) -> None:
-    width, height = image.size
-    if max_pixels is not None and width * height > max_pixels:
-        raise Image.DecompressionBombError(
-            f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-        )
 
 
 def _upright(image: Image.Image, path: Path) -> Image.Image:
@@ -90,27 +83,26 @@ def _to_arrays(image: Image.Image) -> tuple[FloatImage, FloatImage]:
     return rgba[..., :3].copy(), np.float32(1) - rgba[..., 3]
 
 
-def _decode(path: Path, max_pixels: int | None) -> tuple[FloatImage, FloatImage]:
+def _decode(path: Path) -> tuple[FloatImage, FloatImage]:
     # catch_warnings swaps process-wide filters (not thread-safe before Python 3.14), but it
     # is the only way to turn Pillow's bomb warning into a refusal without changing its limit.
     with warnings.catch_warnings():
         # Over Pillow's limit it only warns (errors at twice the limit); both mean "refuse".
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(path) as image:
-            _check_size(image, max_pixels)
             image.seek(0)  # animated files: the first frame
             image.load()
             return _to_arrays(_upright(image, path))
 
 
-def load_image(path: Path, max_pixels: int | None = None) -> tuple[FloatImage, FloatImage]:
+def load_image(path: Path) -> tuple[FloatImage, FloatImage]:
     """(RGB float32 HxWx3 in [0, 1], mask float32 HxW) with EXIF orientation applied.
 
     The mask is 1 - alpha as in ComfyUI's LoadImage, zeros when the file has no alpha.
-    Any file Pillow cannot decode, or one over max_pixels, raises UnreadableImage.
+    Any file Pillow cannot decode, or one over Pillow's size limit, raises UnreadableImage.
     """
     try:
-        return _decode(path, max_pixels)
+        return _decode(path)
     except _PILLOW_FAILURES as error:
         raise UnreadableImage(path, str(error) or type(error).__name__) from error
 
@@ -123,9 +115,9 @@ def _check_pixels(rgb_uint8: npt.NDArray[Any]) -> None:
 
 
 def _check_settings(fmt: str, quality: int, compress_level: int) -> str:
-    pil_format = FORMATS.get(fmt.lower())
+    pil_format = PILLOW_FORMAT_OF.get(fmt.lower())
     if pil_format is None:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        raise ValueError(f"format must be one of {', '.join(PILLOW_FORMAT_OF)}; got {fmt!r}")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100; got {quality}")
     if not 0 <= compress_level <= 9:

@@ -78,39 +78,34 @@ def resolve_inside(base: Path, rel: str | PurePath) -> Path:
     return target
 
 
-def _claimable(candidate: Path, taken: set[str]) -> bool:
+def _free(candidate: Path) -> bool:
     # lexists: a dangling symlink is occupied too; we must not write through it.
-    return str(candidate) not in taken and not os.path.lexists(candidate)
+    return not os.path.lexists(candidate)
 
 
-def _first_free(path: Path, taken: set[str]) -> Path:
-    if _claimable(path, taken):
+def _first_free(path: Path) -> Path:
+    if _free(path):
         return path
     for number in range(1, MAX_INCREMENT + 1):
         candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
-        if _claimable(candidate, taken):
+        if _free(candidate):
             return candidate
     raise FileExistsError(f"no free name for {path} after {MAX_INCREMENT} attempts")
 
 
-def choose_target(path: Path, policy: str, taken: set[str] | None = None) -> Path | None:
-    """Where to write path under policy, or None to skip; the choice is added to taken.
+def choose_target(path: Path, policy: str) -> Path | None:
+    """Where to write path under policy, or None to skip.
 
-    taken holds str() of paths claimed by this batch but possibly not yet on disk. Only
-    the candidate names are checked: listing a folder of 100k outputs per image is too slow.
+    Only the candidate names are checked: listing a folder of 100k outputs per image is too
+    slow. Each image is saved before the next is chosen, so the disk is what is taken.
     """
-    claimed = taken if taken is not None else set()
     if policy == "overwrite":
-        target: Path | None = path
-    elif policy == "skip":
-        target = path if _claimable(path, claimed) else None
-    elif policy == "increment":
-        target = _first_free(path, claimed)
-    else:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
-    if target is not None:
-        claimed.add(str(target))
-    return target
+        return path
+    if policy == "skip":
+        return path if _free(path) else None
+    if policy == "increment":
+        return _first_free(path)
+    raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
 
 
 def _temp_path(path: Path) -> Path:
