@@ -1,4 +1,10 @@
-"""The real ComfyUI frontend in headless Chromium: a tab runs the example batch and sees it."""
+"""The real ComfyUI frontend in headless Chromium: a tab runs the example batch and sees it.
+
+Once per ComfyUI x frontend of the matrix (tests/integration/conftest.py). Nothing here
+names a CSS class or a component library's markup: the page is read through the frontend's
+public API (`window.app`) and found by role and text, so the same test holds on 1.27, 1.35
+and 1.58 (1.58 replaced PrimeVue's toast, whose `.p-toast-message` an earlier version used).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from integration.support import comfy_fixture, require_comfyui
+from integration.support import browser_comfy_fixture, require_comfyui
 from PIL import Image
 
 from comfy_clientid_bridge.tools.launcher import REPO, Comfy
@@ -39,7 +45,7 @@ def require_comfyui_and_chromium() -> None:
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 
 
-comfy = comfy_fixture(REPO, check=require_comfyui_and_chromium)
+comfy = browser_comfy_fixture(REPO, check=require_comfyui_and_chromium)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +172,10 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     counts = [int(b.split("/")[0]) for b in badges if not b.startswith("done")]
     assert counts == sorted(counts) and len(set(counts)) >= 3  # the badge counts up
     assert badges[-1] == f"done: {IMAGES} saved, 0 skipped"
-    toast = tab_a.locator(".p-toast-message", has_text="Batch done")
-    assert toast.count() == 1 and f"{IMAGES} saved" in toast.inner_text()
+    toast_title = tab_a.get_by_text("Batch done", exact=True)  # what a person reads
+    toast_title.wait_for(timeout=10_000)
+    assert toast_title.count() == 1
+    assert tab_a.get_by_text(f"done: {IMAGES} saved, 0 skipped", exact=True).is_visible()
     assert not any("_out" in name for s in other for name in s["all"])  # B never shows A's
     assert shot_taken
 

@@ -11,6 +11,12 @@ const NEXT = PREFIX + "BatchNext";
 // (execution store, `queuedPrompts[id].workflow`, frontend 1.27). A re-queued iteration
 // reaches this tab through the bridge without one: give it the workflow of the prompt that
 // ran before it here, its parent in the loop.
+// Checked in the shipped bundles (2026-11-28): 1.27.10 and 1.35.9 have the pinia store
+// "execution" with `queuedPrompts` and the action `storePrompt({id, nodes, workflow})`, as
+// used here. 1.58.1 renamed them `queuedJobs` and `storeJob({id, nodes, workflow, ...})`:
+// there this code finds neither (adoptWorkflow throws a TypeError into the console on each
+// execution_start, nothing else breaks), and the browser test's workflow-tab switch still
+// passes on 1.58.1: that frontend keeps these outputs on their workflow without this code.
 function executionStore() {
   const vueApp = document.querySelector("#vue-app")?.__vue_app__;
   return vueApp?.config.globalProperties.$pinia?._s.get("execution") ?? null;
