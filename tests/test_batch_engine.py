@@ -348,3 +348,221 @@ def test_badge_counts_up_then_says_done(engine: BatchEngine, folder: Path) -> No
     engine.record("b1", 3, "saved", "o")
     engine.finish("b1")
     assert engine.badge("b1") == "done: 2 saved, 1 skipped, 1 failed"
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """time.monotonic as the engine reads it: set it by hand."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    return now
+
+
+def halt_of(
+    engine: BatchEngine, folder: Path, situation: str, alive: set[str], clock: list[float]
+) -> Item | Halt:
+    """The situations in which a prompt processes no image, set up on batch "b1"."""
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "saved", "o")
+    clock[0] += 10  # one image in 10 s: 3 left, ETA 0:30
+    if situation == "busy":
+        engine.queued("b1", "p1")
+        alive.add("p1")
+        return engine.begin("b1", source(folder), -1, "p2", LOADER)
+    if situation == "stopped":
+        engine.stop("b1")
+        return engine.begin("b1", source(folder), 1, "p1", LOADER)
+    if situation == "duplicate":
+        return engine.begin("b1", source(folder), 0, "p1", LOADER)
+    if situation == "past-the-end":
+        return engine.begin("b1", source(folder), 4, "p1", LOADER)
+    for index in (1, 2, 3):
+        engine.record("b1", index, "skipped" if index == 3 else "saved", "o")
+    return engine.begin("b1", source(folder), -1, "p1", LOADER)
+
+
+@pytest.mark.parametrize(
+    ("situation", "message", "state"),
+    [
+        ("unknown", "this batch is not running here (ComfyUI restarted?); run it again", "unknown"),
+        ("busy", "already running (1/4 (25%) · ETA 0:30); not started twice", "busy"),
+        ("stopped", "stopped at 1/4 (25%) · ETA 0:30", "stopped"),
+        ("duplicate", "image 1 was already processed; duplicate skipped", "duplicate"),
+        ("past-the-end", "image 5 was already processed; duplicate skipped", "duplicate"),
+        (
+            "complete",
+            "already complete: 4 images in 0:00 · 3 processed, 1 skipped, 0 failed · output: OUT",
+            "complete",
+        ),
+    ],
+    ids=["unknown", "busy", "stopped", "duplicate", "past-the-end", "complete"],
+)
+def test_a_prompt_that_processes_no_image_says_why(
+    tmp_path: Path,
+    engine: BatchEngine,
+    folder: Path,
+    alive: set[str],
+    clock: list[float],
+    situation: str,
+    message: str,
+    state: str,
+) -> None:
+    if situation == "unknown":
+        batch, halt = "unknown", engine.begin("unknown", source(folder), 2, "p", LOADER)
+    else:
+        batch, halt = "b1", halt_of(engine, folder, situation, alive, clock)
+    expected = message.replace("OUT", str(tmp_path / "out"))
+    assert halt == Halt(batch, expected, state)
+
+
+def test_a_loop_step_claims_its_image_and_clears_the_queued_prompt(
+    engine: BatchEngine, folder: Path
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "saved", "o")
+    engine.queued("b1", "p1")
+    assert engine.batches_of_prompt("p1") == ["b1"]
+    claimed = engine.begin("b1", source(folder), 1, "p1", "8")
+    assert claimed == Item("b1", 1, 4, "img2.png", folder / "img2.png")
+    assert (engine.current("b1"), engine.running_prompt_id("b1"), engine.loader_of("b1")) == (
+        1,
+        "p1",
+        "8",
+    )
+    engine.stop("b1")
+    assert engine.stop("b1") is None  # nothing queued any more
+
+
+def test_a_halted_start_keeps_the_loader_it_had(engine: BatchEngine, folder: Path) -> None:
+    run_to_end(engine, "b1", source(folder))
+    engine.begin("b1", source(folder), -1, "p9", "other")
+    assert engine.loader_of("b1") == ""  # the complete run claimed nothing
+
+
+def test_batches_of_a_prompt(engine: BatchEngine, folder: Path) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.begin("b2", source(folder, order="name"), -1, "q0", LOADER)
+    engine.queued("b2", "q1")
+    assert engine.batches_of_prompt("p0") == ["b1"]
+    assert engine.batches_of_prompt("q0") == engine.batches_of_prompt("q1") == ["b2"]
+    assert engine.batches_of_prompt(None) == []
+    assert engine.batches_of_prompt("zz") == []
+
+
+def test_batches_in_flight_are_the_ones_with_a_live_prompt(
+    engine: BatchEngine, folder: Path, alive: set[str]
+) -> None:
+    for batch, order in (("b1", "natural"), ("b2", "name"), ("b3", "modified"), ("b4", "shuffle")):
+        engine.begin(batch, source(folder, order=order), -1, f"{batch}-run", LOADER)
+    alive.update({"b1-run", "b2-next", "b3-run", "b4-run"})
+    engine.queued("b2", "b2-next")
+    engine.stop("b3")
+    engine.finish("b4")
+    assert engine.batches_in_flight() == ["b1", "b2"]  # b2: its queued next prompt
+    alive.discard("b1-run")
+    assert engine.batches_in_flight() == ["b2"]
+
+
+def test_status_of_a_batch(
+    tmp_path: Path, engine: BatchEngine, folder: Path, clock: list[float]
+) -> None:
+    assert engine.status("b1") is None
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "saved", "o")
+    engine.record("b1", 1, "failed", None, "disk full")
+    engine.record("b1", 1, "saved", "o")
+    engine.record("b1", 2, "unreadable", None, "bad")
+    clock[0] += 30
+    assert engine.status("b1") == {
+        "batch_id": "b1",
+        "total": 4,
+        "done": 3,
+        "counts": {"saved": 2, "skipped": 0, "unreadable": 1, "failed": 0, "missing": 0},
+        "stopped": False,
+        "finished": False,
+        "progress": "3/4 (75%) · ETA 0:10",
+        "report": str(tmp_path / "out" / "batch_b1.jsonl"),
+    }
+    engine.stop("b1")
+    status = engine.status("b1")
+    assert status is not None and status["stopped"] is True and status["finished"] is False
+
+
+def test_what_is_not_known_here(engine: BatchEngine) -> None:
+    assert not engine.knows("b1")
+    assert engine.is_stopped("b1")
+    assert engine.stop("b1") is None
+    assert engine.running_prompt_id("b1") is None
+
+
+def test_finish_logs_the_summary_once(
+    engine: BatchEngine, folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    with caplog.at_level("INFO", logger="comfy_clientid_bridge"):
+        first = engine.finish("b1")
+        assert engine.finish("b1") == first
+    done = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
+    assert done == [f"batch b1 done: {first}; report {engine.report_path('b1')}"]
+
+
+def test_badge_of_a_stopped_batch(engine: BatchEngine, folder: Path) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "saved", "o")
+    engine.stop("b1")
+    assert engine.badge("b1") == "stopped: 1/4"
+
+
+def test_badge_at_the_last_image_says_done_before_finish(engine: BatchEngine, folder: Path) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    for index in range(4):
+        engine.record("b1", index, "failed" if index == 3 else "saved", "o")
+    assert engine.badge("b1") == "done: 3 saved, 0 skipped, 1 failed"
+
+
+@pytest.mark.parametrize(
+    ("change"),
+    [
+        {"recursive": True},
+        {"seed": 7},
+        {"start_index": 1},
+        {"limit": 2},
+        {"shard_index": 1, "shard_count": 2},
+        {"shard_count": 2},
+        {"order": "name"},
+        {"patterns": ("*.png",)},
+    ],
+    ids=lambda change: "+".join(change),
+)
+def test_each_setting_of_the_source_is_part_of_the_batch(
+    folder: Path, change: dict[str, object]
+) -> None:
+    key = workflow_key({"7": {"inputs": {"cursor": -1}}}, LOADER)
+    assert source_batch_id(source(folder), key) != source_batch_id(source(folder, **change), key)
+
+
+def test_the_folder_and_the_workflow_are_part_of_the_batch(folder: Path) -> None:
+    key = workflow_key({"7": {"inputs": {"cursor": -1}}}, LOADER)
+    batch = source_batch_id(source(folder), key)
+    assert batch != source_batch_id(source(folder.parent), key)
+    assert batch != source_batch_id(source(folder), key + "x")
+
+
+@pytest.mark.parametrize(
+    ("changed", "same"),
+    [
+        ({"9": {"class_type": "Other", "inputs": {"seed": 1}}}, False),
+        ({"9": {"class_type": "Sampler", "inputs": {"seed": 1, "cursor": 5}}}, False),
+        ({9: {"class_type": "Sampler", "inputs": {"seed": 1}}}, True),
+        ({"8": "not a node"}, True),
+        ({"8": {"class_type": "Note"}}, False),
+    ],
+    ids=["class-type", "other-nodes-cursor-counts", "int-node-id", "not-a-node", "no-inputs"],
+)
+def test_workflow_key_of_a_changed_graph(changed: dict[object, object], same: bool) -> None:
+    graph: dict[object, object] = {
+        "7": {"class_type": "Loader", "inputs": {"cursor": -1}},
+        "9": {"class_type": "Sampler", "inputs": {"seed": 1}},
+    }
+    other = {**{k: v for k, v in graph.items() if str(k) not in map(str, changed)}, **changed}
+    assert (workflow_key(graph, "7") == workflow_key(other, 7)) is same  # type: ignore[arg-type]
