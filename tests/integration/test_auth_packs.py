@@ -17,11 +17,12 @@ import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -44,6 +45,7 @@ from comfy_clientid_bridge.tools.launcher import (
 )
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 PACKS = Path(os.environ.get("CIB_AUTH_PACKS") or Path.home() / "comfy" / "packs")
 LOGIN, BASIC = "ComfyUI-Login", "comfyui-basic-auth"
 # What each pack needs to be there: a file of its own, and modules its code imports.
@@ -115,12 +117,19 @@ def auth_server(
         comfyui=(shadow, python),
     ) as comfy:
         if pack == LOGIN:
-            asyncio.run(first_login(comfy.url))
+            in_own_thread(first_login(comfy.url))
             token = (shadow / "login" / "PASSWORD").read_text().splitlines()[0].strip()
             yield AuthServer(pack, comfy, {"Authorization": f"Bearer {token}"}, token)
         else:
             basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
             yield AuthServer(pack, comfy, {"Authorization": f"Basic {basic}"}, PASSWORD)
+
+
+def in_own_thread(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs `coroutine` to its end from synchronous code, even while playwright's sync API
+    (a browser fixture of this module) keeps an event loop running on this thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 async def first_login(url: str) -> None:
@@ -237,8 +246,86 @@ def test_batch_next_behind_a_login_with_the_bridge_off(tmp_path: Path) -> None:
     """COMFY_CLIENTID_BRIDGE=0 leaves the credentials part on: our loop still runs."""
     folder = sample_images(tmp_path / "in", IMAGES)
     with auth_server(tmp_path, LOGIN, env={"COMFY_CLIENTID_BRIDGE": "0"}) as server:
-        run = asyncio.run(run_as_api_client(server, batch_graph(folder, "bridge_off")))
+        run = in_own_thread(run_as_api_client(server, batch_graph(folder, "bridge_off")))
         saved = sorted(p.name for p in (server.comfy.output / "bridge_off").glob("*.png"))
         assert "clientid_bridge: off" in server.comfy.log_text()
     assert len(saved) == IMAGES
     assert len(saved_by(run.tab, "2")) == IMAGES  # Batch Next names its tab itself
+
+
+@pytest.fixture(scope="module")
+def browser(auth: AuthServer) -> Iterator[Any]:
+    """Headless Chromium as test_browser.py drives it; imported here, so that without
+    playwright only the browser tests skip."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="no playwright")
+    from integration.test_browser import ARGS, CHROMIUM
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"browser tier: no Chromium at {CHROMIUM}")
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
+
+
+def logged_in_tab(browser: Any, server: AuthServer) -> Any:
+    """A person's tab: ComfyUI-Login's form (it redirects there), or the browser's own
+    HTTP Basic prompt for comfyui-basic-auth (answered with the user's name and password)."""
+    options: dict[str, Any] = {"viewport": {"width": 1400, "height": 900}}
+    if server.pack == BASIC:
+        options["http_credentials"] = {"username": USER, "password": PASSWORD}
+    page = browser.new_context(**options).new_page()
+    page.goto(server.comfy.url)
+    if server.pack == LOGIN:
+        page.wait_for_url("**/login")
+        page.fill("#password", PASSWORD)
+        page.click("input[type=submit]")
+        page.wait_for_url(server.comfy.url + "/")
+    page.request.post(f"{server.comfy.url}/api/settings/Comfy.TutorialCompleted", data="true")
+    page.reload()
+    page.wait_for_function(
+        "window.app && window.app.graph && window.app.vueAppReady", timeout=60_000
+    )
+    return page
+
+
+def test_person_logged_in_runs_our_batch(auth: AuthServer, browser: Any, tmp_path: Path) -> None:
+    from integration.test_browser import load_example, record, watch
+
+    folder = sample_images(tmp_path / "in", IMAGES)
+    subfolder = f"browser_{auth.pack}"
+    page = logged_in_tab(browser, auth)
+    load_example(page, folder, subfolder=subfolder)
+    record(page)
+    page.get_by_role("button", name="Run").first.click()
+    seen = watch(page, lambda state: (state["badge"] or "").startswith("done"), timeout=180)
+    saved = sorted(p.name for p in (auth.comfy.output / subfolder).glob("*.png"))
+    assert saved == [f"sample{n}_out.png" for n in range(1, IMAGES + 1)]
+    assert seen[-1]["badge"] == f"done: {IMAGES} saved, 0 skipped"
+    page.context.close()
+
+
+# The tab queues the naive pack's graph as the frontend queues any: its session's cookie
+# (or Basic header) and its own client id; the page counts what reaches it.
+QUEUE_NAIVE = """async ([graph, prefix]) => {
+  window.__naive = [];
+  window.app.api.addEventListener('executed', e => {
+    for (const i of (e.detail.output.images || []))
+      if (i.filename.startsWith(prefix)) window.__naive.push(i.filename);
+  });
+  const response = await fetch('/api/prompt', {method: 'POST',
+    headers: {'Content-Type': 'application/json'},
+    body: JSON.stringify({prompt: graph, client_id: window.app.api.clientId})});
+  return response.status;
+}"""
+
+
+def test_person_logged_in_runs_the_naive_pack(auth: AuthServer, browser: Any) -> None:
+    prefix = f"naive_browser_{auth.pack}"
+    page = logged_in_tab(browser, auth)
+    assert page.evaluate(QUEUE_NAIVE, [loop_graph("uuid4", prefix, IMAGES), prefix]) == 200
+    page.wait_for_function(f"window.__naive.length >= {IMAGES}", timeout=120_000)
+    page.wait_for_timeout(1000)  # nothing more arrives
+    assert len(page.evaluate("() => window.__naive")) == IMAGES
+    assert len(list(auth.comfy.output.glob(f"{prefix}_*.png"))) == IMAGES
+    page.context.close()
