@@ -9,6 +9,7 @@ import pytest
 from comfy_clientid_bridge.tools.launcher import (
     ComfyCell,
     FrontendCell,
+    browser_pairs,
     checkout_and_python,
     comfyui_cells,
     comfyui_version,
@@ -123,3 +124,14 @@ def test_venv_python_as_comfy_cli_lays_it_out(tmp_path: Path, venv: str, inside:
 def test_version_read_from_comfyui_version_py(tmp_path: Path) -> None:
     assert comfyui_version(checkout(tmp_path / "a", version="0.8.0")) == "0.8.0"
     assert comfyui_version(checkout(tmp_path / "b", version=None)) is None
+
+
+def test_browser_pairs_all_unless_named() -> None:
+    assert browser_pairs({}) is None
+    value = "0.3.64/1.27.10; 0.8.0/1.58.1"
+    assert browser_pairs({"COMFYUI_BROWSER_CELLS": value}) == {
+        ("0.3.64", "1.27.10"),
+        ("0.8.0", "1.58.1"),
+    }
+    with pytest.raises(ValueError, match="comfyui/frontend"):
+        browser_pairs({"COMFYUI_BROWSER_CELLS": "0.8.0"})

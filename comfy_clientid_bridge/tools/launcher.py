@@ -162,6 +162,21 @@ def frontend_cells(environ: Mapping[str, str]) -> list[FrontendCell]:
     return cells or [FrontendCell("shipped")]
 
 
+def browser_pairs(environ: Mapping[str, str]) -> set[tuple[str, str]] | None:
+    """The ComfyUI x frontend pairs the browser tier runs, from $COMFYUI_BROWSER_CELLS
+    ("0.3.64/1.27.10;0.8.0/1.58.1", ComfyUI label / frontend label); None (unset): all."""
+    value = environ.get("COMFYUI_BROWSER_CELLS", "")
+    if not value.strip():
+        return None
+    pairs = set()
+    for entry in _entries(value):
+        comfy, slash, frontend = entry.partition("/")
+        if not slash or not comfy.strip() or not frontend.strip():
+            raise ValueError(f"expected comfyui/frontend, got {entry!r}")
+        pairs.add((comfy.strip(), frontend.strip()))
+    return pairs
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -4,7 +4,8 @@ ComfyUI x frontend (ids `comfy-0.8.0`, `fe-1.58.1`).
 $COMFYUI_MATRIX lists the ComfyUIs and $COMFYUI_FRONTENDS the frontends (see
 comfy_clientid_bridge/tools/launcher.py comfyui_cells / frontend_cells). Unset, they are
 today's one ComfyUI ($COMFYUI_PATH or ~/comfy/ComfyUI) with the frontend it ships. A cell
-that is not on this machine skips its tests and says why.
+that is not on this machine skips its tests and says why. $COMFYUI_BROWSER_CELLS, when set,
+keeps only the ComfyUI/frontend pairs it names for the browser tier (CI's subset).
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import pytest
 from comfy_clientid_bridge.tools.launcher import (
     ComfyCell,
     FrontendCell,
+    browser_pairs,
     comfyui_cells,
     frontend_cells,
 )
 
 COMFY_CELLS = comfyui_cells(os.environ)
 FRONTEND_CELLS = frontend_cells(os.environ)
+BROWSER_PAIRS = browser_pairs(os.environ)
 
 
 @pytest.fixture(scope="session", autouse=True, params=COMFY_CELLS, ids=[c.id for c in COMFY_CELLS])
@@ -43,10 +46,12 @@ def comfyui_cell(request: pytest.FixtureRequest) -> Iterator[ComfyCell]:
 
 
 @pytest.fixture(scope="session", params=FRONTEND_CELLS, ids=[f.id for f in FRONTEND_CELLS])
-def frontend_cell(request: pytest.FixtureRequest) -> FrontendCell:
+def frontend_cell(request: pytest.FixtureRequest, comfyui_cell: ComfyCell) -> FrontendCell:
     """The frontend a browser test's ComfyUI serves (`--front-end-root`)."""
     cell: FrontendCell = request.param
     missing = cell.missing()
     if missing:
         pytest.skip(f"browser tier: {missing}")
+    if BROWSER_PAIRS is not None and (comfyui_cell.label, cell.label) not in BROWSER_PAIRS:
+        pytest.skip(f"browser tier: {comfyui_cell.id} x {cell.id} not in $COMFYUI_BROWSER_CELLS")
     return cell
