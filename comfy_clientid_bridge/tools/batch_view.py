@@ -16,8 +16,10 @@ if TYPE_CHECKING:
 UNIT = "img"
 # Plain lines: tqdm's numbers (count, elapsed<remaining, rate) without the bar itself.
 PLAIN_METER = "{n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
-# A server's line under the total bar: the same numbers, then its state (tqdm adds ", ").
-SERVER_LINE = "{desc}: {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+# A server's line under the total bar: what matters most first, as a narrow terminal cuts
+# the end; then its state and file (tqdm adds ", "). The small bar also makes tqdm < 4.69
+# fit the line to the terminal (it trims only formats that have a bar).
+SERVER_LINE = "{desc}: {n_fmt}/{total_fmt} |{bar:10}| {rate_fmt} ETA {remaining}{postfix}"
 
 
 class View(Protocol):
