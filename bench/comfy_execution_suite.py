@@ -16,7 +16,10 @@ The plugin also gives the suite's servers a temp folder of their own (in both ru
 empties its temp folder on start and exit, so any other ComfyUI started from the same checkout
 meanwhile deletes the suite's preview images under it (seen as 404s on /view). It sends each
 server's output to a log, so we can show the bridge was loaded and that no traceback went
-through it, and it kills any server a fixture left behind.
+through it, and it kills any server a fixture left behind. It also returns from starting a
+server only once the server logs that it listens: the suite gives a new server 20 s, which a
+loaded 2-core machine exceeds (seen on 2026-11-28: 249 of 294 failed with "connection
+refused", none of them a test failure). The suite's own tests are not changed.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ PLUGIN = '''
 """Test-run plugin: extra custom-node config and logs for the servers the suite starts."""
 import os
 import subprocess
+import time
 
 _EXTRA = os.environ.get("CIB_SUITE_EXTRA_CONFIG", "")
 _LOGS = os.environ["CIB_SUITE_LOG_DIR"]
@@ -61,14 +65,27 @@ class _ServerPopen(_Popen):
             args = [*args, "--temp-directory", _TEMP]
             if _EXTRA:
                 args = [*args, "--extra-model-paths-config", _EXTRA]
-            log = open(os.path.join(_LOGS, f"server-{len(_started)}.log"), "wb")
+            path = os.path.join(_LOGS, f"server-{len(_started)}.log")
+            log = open(path, "wb")
             kwargs.setdefault("stdout", log)
             kwargs.setdefault("stderr", subprocess.STDOUT)
             super().__init__(args, *rest, **kwargs)
             log.close()
             _started.append(self)
+            _wait_ready(self, path)
         else:
             super().__init__(args, *rest, **kwargs)
+
+
+def _wait_ready(process, path, limit=600.0):
+    # The suite polls a new server 5 times, 4 s apart: a slow boot (a loaded machine) fails
+    # every test of the class. Return once the server says it listens, or has exited.
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and process.poll() is None:
+        with open(path, "rb") as log:
+            if b"To see the GUI go to" in log.read():
+                return
+        time.sleep(0.2)
 
 
 subprocess.Popen = _ServerPopen
