@@ -22,7 +22,7 @@ OUR_PREFIX = "ClientIdBridge_"
 # Short calls (checks, queueing, stop, status); the websocket itself has no total timeout.
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 # A server that stops answering pings (machine gone, cable out) counts as lost.
-HEARTBEAT_SECONDS = 10.0
+HEARTBEAT_SECONDS = 30.0
 
 # Exit statuses: every shard finished without a failed image; a shard is incomplete or an
 # image failed; the run could not start (nothing queued); Ctrl-C.
