@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from comfy_clientid_bridge.batch.listing import (
     DEFAULT_PATTERNS,
     compile_pattern,
+    find_images,
     list_images,
     natural_key,
     order_images,
@@ -331,3 +332,17 @@ def test_resuming_a_shard_continues_where_it_stopped(
     head = select(positions, 0, first_run, shard_index, shard_count) if first_run else []
     tail = select(positions, len(head), 0, shard_index, shard_count)
     assert head + tail == select(positions, 0, 0, shard_index, shard_count)
+
+
+def test_find_images_finds_what_list_images_lists_in_any_order(tmp_path: Path) -> None:
+    for name in ("b10.png", "b2.png", "a.PNG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    found = find_images(tmp_path, DEFAULT_PATTERNS, False)
+    assert sorted(found) == sorted(list_images(tmp_path, DEFAULT_PATTERNS, False))
+    assert list_images(tmp_path, DEFAULT_PATTERNS, False) == ["a.PNG", "b2.png", "b10.png"]
+
+
+def test_natural_key_of_non_ascii_names_is_normalised() -> None:
+    decomposed, composed = "Cafe\u0301 2.png", "Caf\u00e9 2.png"
+    assert natural_key(decomposed)[:2] == natural_key(composed)[:2]
+    assert natural_key("IMG10.png")[:2] == (("img", 10, ""), (".png",))

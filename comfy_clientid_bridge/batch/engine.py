@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import internals
-from .listing import list_images, order_images, select
+from .listing import find_images, order_images, select
 from .progress import eta_seconds, format_eta, progress_text, summary_text
 from .state import (
     FINISHED_STATUSES,
@@ -48,7 +48,7 @@ class Source:
     shard_count: int = 1
 
     def list(self) -> list[str]:
-        found = list_images(self.folder, self.patterns, self.recursive)
+        found = find_images(self.folder, self.patterns, self.recursive)
         ordered = order_images(found, self.order, self.folder, self.seed)
         return select(ordered, self.start_index, self.limit, self.shard_index, self.shard_count)
 

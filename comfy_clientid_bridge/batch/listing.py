@@ -112,8 +112,8 @@ def _walk(folder: Path, descend: bool) -> Iterator[str]:
                 stack.append((Path(entry.path), rel + "/", ancestors | {identity}))
 
 
-def list_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[str]:
-    """Relative POSIX paths of the files under folder that match a pattern, natural order.
+def find_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[str]:
+    """Relative POSIX paths of the files under folder that match a pattern, unordered.
 
     A pattern without '/' matches the file name (at any depth only when recursive); a
     pattern with '/' is an explicit path request and matches the whole relative path.
@@ -122,13 +122,18 @@ def list_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[
         raise FileNotFoundError(f"image folder not found: {folder}")
     compiled = [("/" in pattern, compile_pattern(pattern)) for pattern in patterns]
     descend = recursive or any(has_slash for has_slash, _ in compiled)
-    found = (rel for rel in _walk(folder, descend) if _matches(rel, compiled, recursive))
-    return sorted(found, key=natural_key)
+    return [rel for rel in _walk(folder, descend) if _matches(rel, compiled, recursive)]
+
+
+def list_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[str]:
+    """find_images in natural order."""
+    return sorted(find_images(folder, patterns, recursive), key=natural_key)
 
 
 def _natural_parts(text: str) -> tuple[str | int, ...]:
     parts = _DIGIT_RUNS.split(text)
-    return tuple(int(part) if index % 2 else part for index, part in enumerate(parts))
+    # A list, not a generator: one key per file is most of the cost of listing a folder.
+    return tuple([int(part) if index % 2 else part for index, part in enumerate(parts)])
 
 
 def natural_key(name: str) -> NaturalKey:
@@ -138,7 +143,9 @@ def natural_key(name: str) -> NaturalKey:
     normalisation and the exact-name tie-break make the order the same on every machine,
     which sharding across machines relies on (macOS reports names decomposed).
     """
-    stem, extension = posixpath.splitext(unicodedata.normalize("NFC", name).casefold())
+    # NFC leaves ASCII as it is; most names are ASCII, and skipping it is a quarter of the key.
+    text = name if name.isascii() else unicodedata.normalize("NFC", name)
+    stem, extension = posixpath.splitext(text.casefold())
     return (_natural_parts(stem), _natural_parts(extension), name)
 
 
