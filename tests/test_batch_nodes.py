@@ -6,9 +6,12 @@ what Batch Next would POST) and the tensors (numpy arrays: torch is not needed h
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -457,3 +460,40 @@ def test_a_loop_step_is_keyed_by_its_file(comfy: FakeComfy, photos: Path) -> Non
     os.utime(photos / "img2.png", ns=(1, 1))
     assert is_changed(prompt, 1) != first
     assert is_changed(prompt, 99) != is_changed(prompt, 99)  # no such image: run it
+
+
+# --- the interface saved workflows rely on ----------------------------------------------
+
+INTERFACE = Path(__file__).with_name("batch_nodes_interface.json")
+
+
+def node_interface() -> dict[str, Any]:
+    """What ComfyUI reads of each node class, in the order it reads it."""
+    return {
+        name: {
+            "display_name": nodes.NODE_DISPLAY_NAME_MAPPINGS[name],
+            "category": cls.CATEGORY,
+            "function": cls.FUNCTION,
+            "output_node": getattr(cls, "OUTPUT_NODE", False),
+            "input_types": cls.INPUT_TYPES(),
+            "return_types": list(cls.RETURN_TYPES),
+            "return_names": list(getattr(cls, "RETURN_NAMES", ())),
+            "description": getattr(cls, "DESCRIPTION", None),
+        }
+        for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
+    }
+
+
+def test_the_node_interface_is_what_saved_workflows_rely_on() -> None:
+    """Input names, their order (a saved workflow's widget values are positional), types,
+    defaults and ranges. A deliberate change updates tests/batch_nodes_interface.json, in
+    the same commit as a note in the changelog."""
+    assert json.dumps(node_interface(), indent=1) + "\n" == INTERFACE.read_text()
+
+
+def test_as_tensors_adds_the_batch_dimension(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = ModuleType("torch")
+    torch.from_numpy = lambda array: array  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    image, mask = nodes._as_tensors(np.zeros((3, 4, 3)), np.zeros((3, 4)))
+    assert image.shape == (1, 3, 4, 3) and mask.shape == (1, 3, 4)
