@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from comfy_clientid_bridge.batch.images import UnreadableImage, encode_image, load_image
+from comfy_clientid_bridge.batch.images import (
+    UnreadableImage,
+    encode_image,
+    load_image,
+    to_uint8,
+)
 from comfy_clientid_bridge.batch.listing import DEFAULT_PATTERNS, list_images
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -111,6 +116,39 @@ def test_load_image_modes(
     assert rgb.shape[:2] == mask.shape and rgb.shape[2] == 3
     np.testing.assert_allclose(rgb[1, 1], expected_rgb, atol=0.02)
     np.testing.assert_allclose(mask, expected_mask, atol=0.01)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_floats_are_loadimages_bit_for_bit(tmp_path: Path, mode: str) -> None:
+    """ComfyUI's LoadImage: np.array(image.convert("RGB")).astype(np.float32) / 255.0."""
+    rng = np.random.default_rng(2)
+    channels = len(mode)
+    pixels = rng.integers(0, 256, (16, 256, channels), dtype=np.uint8).squeeze(
+        -1 if channels == 1 else ()
+    )
+    pixels.reshape(-1, channels)[:256, 0] = np.arange(256)  # every byte value
+    path = save(Image.fromarray(pixels, mode), tmp_path / "all.png")
+    rgb, mask = load_image(path)
+    with Image.open(path) as image:
+        expected = np.array(image.convert("RGB")).astype(np.float32) / 255.0
+        alpha = np.array(image.convert("RGBA"))[..., 3].astype(np.float32) / 255.0
+    assert rgb.dtype == np.float32 and np.array_equal(rgb, expected)
+    assert np.array_equal(mask, 1.0 - alpha if mode == "RGBA" else np.zeros_like(mask))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_to_uint8_is_save_images_conversion(dtype: type) -> None:
+    """ComfyUI's SaveImage: np.clip(255. * image, 0, 255).astype(np.uint8), out of range too."""
+    floats = np.random.default_rng(3).uniform(-0.5, 1.5, (2, 32, 48, 3)).astype(dtype)
+    floats.reshape(-1)[:256] = np.arange(256) / 255  # every byte value, as loaded
+    expected = np.clip(floats * 255.0, 0, 255).astype(np.uint8)
+    assert np.array_equal(to_uint8(floats), expected)
+
+
+def test_a_loaded_image_saves_back_to_its_bytes(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(4).integers(0, 256, (32, 64, 3), dtype=np.uint8)
+    rgb, _ = load_image(save(Image.fromarray(pixels), tmp_path / "x.png"))
+    assert np.array_equal(to_uint8(rgb), pixels)
 
 
 def test_palette_transparency_becomes_the_mask(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import internals
 from .engine import (
     CURSOR_INPUT,
@@ -23,7 +21,7 @@ from .engine import (
     workflow_key,
 )
 from .folders import output_base, resolve_input_folder
-from .images import UnreadableImage, encode_image, load_image
+from .images import UnreadableImage, encode_image, load_image, to_uint8
 from .listing import ORDERS, parse_patterns
 from .naming import POLICIES, atomic_write_bytes, choose_target, output_relpath, resolve_inside
 
@@ -267,7 +265,7 @@ class BatchImageSaver:
         base, in_output = output_base(output_folder)
         engine.writes_to(batch_id, _output_folder(base, subfolder))
         workflow = (extra_pnginfo or {}).get("workflow")
-        pixels = np.clip(images.cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
+        pixels = to_uint8(images.cpu().numpy())
         source = engine.source_of(batch_id, index)
         shown, saved = [], []
         for number, frame in enumerate(pixels):
