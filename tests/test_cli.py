@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import io
 import json
@@ -41,6 +42,7 @@ from comfy_clientid_bridge.tools.cli import (
     exit_status,
     missing_nodes_error,
     prepare,
+    run_batch,
     server_urls,
 )
 
@@ -533,3 +535,91 @@ def test_the_runner_declares_floors_only_and_nothing_comfyui_must_own() -> None:
         if line.strip() and not line.startswith("#")
     ]
     assert not set(RUNNER_NEEDS) & set(listed)
+
+
+class FakeComfy:
+    """Just enough of ComfyUI's API for the runner: nodes, a websocket, /api/prompt that
+    runs a batch of `total` images as events; `dies_after` closes the websocket mid-run."""
+
+    def __init__(self, total: int, *, dies_after: int | None = None, refuses: bool = False):
+        self.total, self.dies_after, self.refuses = total, dies_after, refuses
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.prompts: list[dict[str, Any]] = []
+        self.runs: list[asyncio.Future[None]] = []
+        self.app = web.Application()
+        self.app.router.add_get("/object_info/{name}", self.object_info)
+        self.app.router.add_get("/ws", self.ws)
+        self.app.router.add_post("/api/prompt", self.prompt)
+        self.app.router.add_get("/api/clientid_bridge/batch/{batch}", self.status)
+
+    async def object_info(self, request: web.Request) -> web.Response:
+        return web.json_response({request.match_info["name"]: {}})
+
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self.sockets[request.query["clientId"]] = socket
+        async for _ in socket:
+            pass
+        return socket
+
+    async def prompt(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if self.refuses:
+            return web.json_response({"error": {"message": "Prompt outputs failed"}}, status=400)
+        self.prompts.append(body)
+        self.runs.append(asyncio.ensure_future(self.run(self.sockets[body["client_id"]])))
+        return web.json_response({"prompt_id": f"p{len(self.prompts)}"})
+
+    async def run(self, socket: web.WebSocketResponse) -> None:
+        for done in range(self.total):
+            if done == self.dies_after:
+                await socket.close()
+                return
+            await socket.send_json(loader_step(done, self.total, f"img{done}.png"))
+            await asyncio.sleep(0.01)
+        await socket.send_json(
+            executed("4", badge=["done: 3 saved, 0 skipped"], state=["done"], progress=[3, 3])
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response({"counts": {"saved": 3}, "report": "/out/batch_x.jsonl"})
+
+
+async def run_on(*fakes: FakeComfy) -> tuple[int, list[dict[str, Any]], list[str]]:
+    servers = [TestServer(fake.app) for fake in fakes]
+    for server in servers:
+        await server.start_server()
+    data, out = io.StringIO(), io.StringIO()
+    urls = [str(server.make_url("")).rstrip("/") for server in servers]
+    try:
+        status = await run_batch(urls, example(), Path("."), view=JsonView(data, out))
+    finally:
+        for server in servers:
+            await server.close()
+    return status, [json.loads(line) for line in data.getvalue().splitlines()], urls
+
+
+async def test_a_server_lost_mid_run_leaves_the_others_to_finish() -> None:
+    status, events, urls = await run_on(FakeComfy(3), FakeComfy(3, dies_after=1))
+    ends = {event["shard"]: event for event in events if event["event"] == "end"}
+    assert status == 1
+    assert (ends[0]["outcome"], ends[0]["report"]) == ("done", "/out/batch_x.jsonl")
+    assert ends[1]["outcome"] == "lost" and ends[1]["message"].startswith("incomplete at 0/3")
+    assert events[-1]["incomplete"] == [urls[1]]
+
+
+async def test_each_server_is_queued_its_own_shard_as_its_own_client() -> None:
+    fakes = (FakeComfy(3), FakeComfy(3))
+    status, events, _ = await run_on(*fakes)
+    assert status == 0 and events[-1]["done"] == 6
+    shards = [fake.prompts[0]["prompt"]["1"]["inputs"] for fake in fakes]
+    assert [(s["shard_index"], s["shard_count"]) for s in shards] == [(0, 2), (1, 2)]
+    assert fakes[0].prompts[0]["client_id"] != fakes[1].prompts[0]["client_id"]
+
+
+async def test_a_refused_workflow_is_that_shards_error() -> None:
+    status, events, _ = await run_on(FakeComfy(3), FakeComfy(3, refuses=True))
+    ends = {event["shard"]: event for event in events if event["event"] == "end"}
+    assert status == 1 and ends[0]["ok"] and ends[1]["outcome"] == "error"
+    assert "refused the workflow" in ends[1]["message"]
