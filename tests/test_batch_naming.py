@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -291,3 +292,32 @@ def umask() -> Iterator[int]:
 def test_atomic_write_honours_the_umask(tmp_path: Path, umask: int) -> None:
     atomic_write_bytes(tmp_path / "x.png", b"data")
     assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("affix", ["prefix", "suffix"])
+@pytest.mark.parametrize("bad", ["a/b", "a\\b", "a\x00b"], ids=["slash", "backslash", "nul"])
+def test_affixes_with_separators_or_nul_are_refused(affix: str, bad: str) -> None:
+    values = {"prefix": "", "suffix": "", affix: bad}
+    with pytest.raises(ValueError, match=f"{affix} must not contain"):
+        output_relpath("a.png", values["prefix"], values["suffix"], "png", "")
+
+
+def test_resolve_inside_names_what_escaped(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "link").symlink_to(tmp_path)
+    with pytest.raises(ValueError, match=r"^'link/x.png' resolves to .*, outside "):
+        resolve_inside(tmp_path / "base", "link/x.png")
+
+
+def test_increment_tries_up_to_max_increment(
+    outputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(naming, "MAX_INCREMENT", 2)  # x.png and x_1.png exist: x_2 is the last
+    assert choose_target(outputs / "x.png", "increment") == outputs / "x_2.png"
+
+
+def test_temp_names_are_hidden_short_and_unique() -> None:
+    path = Path("/out") / ("n" * 40 + ".png")
+    first, second = naming._temp_path(path), naming._temp_path(path)
+    assert re.fullmatch(r"\.n{32}\.[0-9a-f]{12}\.tmp", first.name)
+    assert first.parent == path.parent and first != second
