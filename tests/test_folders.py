@@ -187,3 +187,10 @@ def test_roots_from_env_and_file(tmp_path: Path) -> None:
         Path(p) for p in ("/data/x", "/data/y", "/srv/a", "/srv/b")
     ]
     assert configured_roots({}, tmp_path / "missing.txt") == []
+
+
+@pytest.mark.parametrize("typed", ["{tree}/output/../output/run", "{tree}/input/back/run"])
+def test_saver_base_is_resolved(tree: Path, typed: str) -> None:
+    """The saver names what it wrote relative to this base; its targets are resolved."""
+    base, _ = output_base(typed.format(tree=tree), policy(tree, enforced=False))
+    assert base == (tree / "output" / "run").resolve()

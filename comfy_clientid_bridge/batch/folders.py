@@ -119,10 +119,12 @@ def resolve_input_folder(folder: str, policy: FolderPolicy | None = None) -> Pat
 
 
 def output_base(output_folder: str, policy: FolderPolicy | None = None) -> tuple[Path, bool]:
-    """Where the saver writes, and whether that is ComfyUI's output folder (so /view shows it)."""
+    """Where the saver writes, resolved (its targets are, and are named relative to it), and
+    whether that is ComfyUI's output folder (so /view shows it)."""
     if output_folder.strip():
         path = Path(output_folder.strip()).expanduser()
         if not path.is_absolute():
             raise ValueError(f"output_folder must be absolute (or empty); got {output_folder!r}")
-        return allowed(path, setting="output_folder", policy=policy or current_policy()), False
-    return internals.output_directory(), True
+        policy = policy or current_policy()
+        return allowed(path, setting="output_folder", policy=policy).resolve(), False
+    return internals.output_directory().resolve(), True

@@ -6,6 +6,13 @@ process itself, through a test-only pack's forwarding route). Status and body mu
 same with and without the bridge; the bridge must count exactly the forwarded bodies that
 ComfyUI parsed as programmatic, and none of the browser's; and no traceback may come from
 inside the bridge.
+
+Liveness: after every case both servers are alive and a small sentinel prompt completes.
+Bodies our request guard refuses (routing/guard.py: core would queue them and then die)
+are answered 400 by our server and never sent to core alone, which would die of them; core
+alone gets the body with client_id and extra_data defused instead, and must accept it
+(200): the original would have been queued. test_core_alone_dies_of_each_refused_shape
+shows, one shape at a time, that core alone does die of them.
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,11 +37,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from comfy_clientid_bridge.routing.guard import refusal
 from comfy_clientid_bridge.tools.launcher import (
     REPO,
     Comfy,
     ComfyCell,
     Tab,
+    comfyui_version,
     find_comfyui,
     running_comfyui,
 )
@@ -41,7 +51,10 @@ from comfy_clientid_bridge.tools.launcher import (
 pytestmark = pytest.mark.integration
 
 # At least 500 bodies per run; raise it for a longer hunt.
-EXAMPLES = int(os.environ.get("CIB_FUZZ_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("CIB_FUZZ_EXAMPLES", "500"))
+# A sentinel prompt queued after a case completes within this (it waits on history, so a
+# slow machine only costs time); a dead executor thread never completes it.
+SENTINEL_TIMEOUT = 60.0
 ROUTES = ("/prompt", "/api/prompt")
 FIELDS = (
     "prompt",
@@ -61,6 +74,7 @@ FORWARD_PACK = '''
 """Test-only pack: POSTs a raw body to this server's own /prompt from a server thread."""
 import asyncio
 import base64
+import time
 import urllib.error
 import urllib.request
 
@@ -97,7 +111,28 @@ async def forward(request):
     return web.json_response({"status": status, "body": base64.b64encode(answer).decode()})
 
 
-NODE_CLASS_MAPPINGS = {}
+class CibSleep:
+    """Keeps the executor busy, so that prompts wait in the queue together."""
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seconds": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 60.0})}}
+
+    @classmethod
+    def IS_CHANGED(cls, seconds):
+        return str(time.time())
+
+    def run(self, seconds):
+        time.sleep(seconds)
+        return {}
+
+
+NODE_CLASS_MAPPINGS = {"CibSleep": CibSleep}
 '''
 
 
@@ -136,6 +171,7 @@ class LiveTabs:
 class Pair:
     with_bridge: Comfy
     without_bridge: Comfy
+    extra_data_stamped: bool  # core writes create_time into extra_data (0.3.69 and later)
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +194,20 @@ def pair(tmp_path_factory: pytest.TempPathFactory, comfyui_cell: ComfyCell) -> I
         ):
             tabs = LiveTabs([with_bridge.url, without_bridge.url])
             try:
-                yield Pair(with_bridge, without_bridge)
+                yield Pair(with_bridge, without_bridge, stamps_extra_data(found[0]))
             finally:
                 tabs.close()
+                if os.environ.get("CIB_FUZZ_TALLY"):
+                    record = {"comfyui": comfyui_version(found[0]), **TALLY}
+                    with open(os.environ["CIB_FUZZ_TALLY"], "a") as tally:
+                        tally.write(json.dumps(record) + "\n")
+
+
+def stamps_extra_data(checkout: Any) -> bool:
+    """internals.post_prompt_stamps_extra_data, read from outside the server."""
+    version = comfyui_version(checkout) or ""
+    numbers = tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+    return numbers >= (0, 3, 69)
 
 
 # ----------------------------------------------------------------------------- transport
@@ -208,6 +255,38 @@ def as_node_code(comfy: Comfy, route: str, body: bytes) -> Answer:
 
 def bridge_counts(comfy: Comfy) -> Counter[str]:
     return Counter(http_get_json(comfy.url, "/clientid_bridge/status")["counts"])
+
+
+def assert_alive(comfy: Comfy) -> None:
+    """The process runs, and a sentinel prompt queued now completes (the executor lives)."""
+    assert comfy.process.poll() is None, f"ComfyUI died:\n{comfy.log_text()[-2000:]}"
+    sentinel = template(color=int(time.monotonic() * 1000) % 2**24)
+    status, answer = as_browser(comfy, "/prompt", json.dumps({"prompt": sentinel}).encode())
+    assert status == 200, answer
+    prompt_id = json.loads(answer)["prompt_id"]
+    deadline = time.monotonic() + SENTINEL_TIMEOUT
+    while prompt_id not in http_get_json(comfy.url, f"/history/{prompt_id}"):
+        assert comfy.process.poll() is None, f"ComfyUI died:\n{comfy.log_text()[-2000:]}"
+        assert time.monotonic() < deadline, "the queue stalls: the sentinel never ran"
+        time.sleep(0.02)
+
+
+def is_guard_refusal(answer: Answer) -> bool:
+    """Our request guard's 400: ComfyUI's error shape with the refused field named."""
+    status, body = answer
+    if status != 400:
+        return False
+    try:
+        error = json.loads(body)["error"]
+        return bool(error["type"] == "invalid_prompt" and "field" in error["extra_info"])
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def defused(sent: dict[str, Any]) -> bytes:
+    """The body with what the guard refuses taken out: core alone answers it as it would
+    the original up to the queue (number, graph validation), and survives it."""
+    return json.dumps({**sent, "client_id": "", "extra_data": {}}).encode()
 
 
 # ----------------------------------------------------------------------------- what ComfyUI parses
@@ -268,11 +347,13 @@ json_values = st.recursive(
 )
 
 
-def template(width: Any = 8, class_type: str = "EmptyImage", output: str = "PreviewImage") -> Any:
+def template(
+    width: Any = 8, class_type: str = "EmptyImage", output: str = "PreviewImage", color: int = 0
+) -> Any:
     return {
         "1": {
             "class_type": class_type,
-            "inputs": {"width": width, "height": 8, "batch_size": 1, "color": 0},
+            "inputs": {"width": width, "height": 8, "batch_size": 1, "color": color},
         },
         "2": {"class_type": output, "inputs": {"images": ["1", 0]}},
     }
@@ -297,7 +378,11 @@ right_values: dict[str, st.SearchStrategy[Any]] = {
     "prompt": graphs,
     "client_id": st.sampled_from([LIVE_ID, uuid.uuid4().hex, ""]) | unicode_text,
     "extra_data": st.fixed_dictionaries(
-        {}, optional={"extra_pnginfo": st.just({"workflow": {"nodes": []}}) | json_values}
+        {},
+        optional={
+            "extra_pnginfo": st.just({"workflow": {"nodes": []}}) | json_values,
+            "client_id": json_values,  # read when the body has no top-level client_id
+        },
     ),
     "number": st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False),
     "front": st.booleans(),
@@ -311,18 +396,16 @@ def documents(draw: st.DrawFn) -> Any:
     """A JSON document: mostly a ComfyUI body with right or wrong types per field."""
     if draw(st.integers(0, 9)) == 0:
         return draw(json_values)  # top level not an object
-    if draw(st.integers(0, 9)) == 0:
-        # A graph that validates, so it runs (an 8x8 preview, cached after the first). Only
-        # with a string client_id and dict extra_data: with or without the bridge, core
-        # ComfyUI's publish loop dies on an unhashable client_id of a running prompt
-        # (server.py send_json: `sid in self.sockets`), which stops the whole server, and
-        # its executor thread dies on extra_data that is not a container (execution.py
-        # execute_async: `"client_id" in extra_data`), which stalls the queue for good.
-        valid = {"prompt": template(), "client_id": draw(right_values["client_id"])}
-        for name in ("extra_data", "number", "front", "prompt_id"):
-            if draw(st.booleans()):
-                valid[name] = draw(right_values[name])
-        return valid
+    if draw(st.integers(0, 4)) == 0:
+        # A graph that validates, so it runs (an 8x8 preview, cached after the first), with
+        # client_id and extra_data of any type: what core would queue and then die of is
+        # the request guard's to refuse.
+        valid = {"prompt": template()}
+        for name in ("client_id", "extra_data", "number", "front", "prompt_id"):
+            presence = draw(st.sampled_from(["absent", "right", "wrong"]))
+            if presence != "absent":
+                valid[name] = draw(right_values[name] if presence == "right" else json_values)
+        return without_ties(valid)
     body = {}
     for name in FIELDS:
         presence = draw(st.sampled_from(["absent", "right", "right", "wrong"]))
@@ -330,13 +413,23 @@ def documents(draw: st.DrawFn) -> Any:
             presence = "right"
         if presence != "absent":
             body[name] = draw(right_values[name] if presence == "right" else json_values)
-    breaks_core = isinstance(body.get("client_id"), list | dict) or not isinstance(
-        body.get("extra_data", {}), dict
-    )
-    if breaks_core and isinstance(body.get("prompt"), dict):
-        # Never let such a body run (see above): a node no ComfyUI has fails validation.
-        body["prompt"] = {**body["prompt"], "cib": {"class_type": "CibNoSuchNode", "inputs": {}}}
+    return without_ties(body)
+
+
+def without_ties(body: dict[str, Any]) -> dict[str, Any]:
+    """Two items with one number and prompt_id can stall core's queue (routing/guard.py
+    queue_tie), and each body goes out twice per server: the refused shapes cover ties."""
+    if "prompt_id" in body and "number" in body and floatable(body["number"]):
+        del body["prompt_id"]
     return body
+
+
+def floatable(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def encode(document: Any, ascii_only: bool) -> bytes:
@@ -392,6 +485,29 @@ def raw_bodies(draw: st.DrawFn) -> bytes:
 
 # ----------------------------------------------------------------------------- the test
 
+TALLY: Counter[str] = Counter()  # written to $CIB_FUZZ_TALLY (a JSON file) when set
+
+
+def both_answers(
+    pair: Pair,
+    send: Callable[[Comfy, str, bytes], Answer],
+    route: str,
+    body: bytes,
+    refused: Any,
+) -> tuple[Answer, Answer]:
+    """Our server's answer, and core alone's: to the body itself, or, when the guard's
+    oracle refuses it (`refused`: the parsed body), to its defused twin (core alone would
+    die of the original). Our 400 comes back as core alone's answer when core alone
+    accepted the twin: core would have queued the original."""
+    ours = send(pair.with_bridge, route, body)
+    if refused is None:
+        return ours, send(pair.without_bridge, route, body)
+    core = send(pair.without_bridge, route, defused(refused))
+    if is_guard_refusal(ours):
+        assert core[0] == 200, core  # refused only what core alone would have queued
+        return ours, ours
+    return ours, core
+
 
 @settings(
     max_examples=EXAMPLES,
@@ -407,16 +523,23 @@ def raw_bodies(draw: st.DrawFn) -> bytes:
 @given(body=raw_bodies(), route=st.sampled_from(ROUTES))
 def test_same_answer_with_and_without_the_bridge(pair: Pair, body: bytes, route: str) -> None:
     ok, sent = parsed(body)
+    refused = ok and refusal(sent, extra_data_stamped=pair.extra_data_stamped) is not None
     before = bridge_counts(pair.with_bridge)
 
-    browser = [as_browser(comfy, route, body) for comfy in (pair.with_bridge, pair.without_bridge)]
+    browser = both_answers(pair, as_browser, route, body, sent if refused else None)
     assert normalized(browser[0], sent) == normalized(browser[1], sent)
     after_browser = bridge_counts(pair.with_bridge)
     assert after_browser["programmatic"] == before["programmatic"]  # a tab is never ours
     assert after_browser["submissions"] == before["submissions"] + ok
 
-    node = [as_node_code(comfy, route, body) for comfy in (pair.with_bridge, pair.without_bridge)]
+    node = both_answers(pair, as_node_code, route, body, sent if refused else None)
     assert normalized(node[0], sent) == normalized(node[1], sent)
+    for comfy in (pair.with_bridge, pair.without_bridge):
+        assert_alive(comfy)
+    TALLY["bodies"] += 1
+    TALLY["refused by the guard"] += is_guard_refusal(browser[0])
+    TALLY["same answer"] += not is_guard_refusal(browser[0])
+    event(f"guard: {'refused' if is_guard_refusal(browser[0]) else 'passed'}")
     delta = bridge_counts(pair.with_bridge) - after_browser
     # Every body ComfyUI parsed reached the bridge as programmatic, and got one decision.
     assert delta["programmatic"] == ok
@@ -484,3 +607,83 @@ def test_rewrite_log_line_survives_an_unencodable_client_id(pair: Pair) -> None:
     log = comfy.log_text()
     assert log.count("rewrite -> client") == lines + 1
     assert LOGGING_ERROR not in log
+
+
+# ----------------------------------------------------------------------------- refused shapes
+
+BUSY = {"prompt": {"9": {"class_type": "CibSleep", "inputs": {"seconds": 3.0}}}}
+TIE = {"number": 4242, "prompt_id": "cib-tie"}
+# (id, the bodies, refused only where core does not stamp extra_data): the last body is
+# what core alone dies of; one shape per way of dying that the guard refuses.
+SHAPES: list[tuple[str, list[Any], bool]] = [
+    ("client-id-object", [{"prompt": template(color=11), "client_id": {"a": 1}}], False),
+    (
+        "nested-client-id-array",
+        [{"prompt": template(color=12), "extra_data": {"client_id": [1]}}],
+        False,
+    ),
+    ("extra-data-number", [{"prompt": template(color=13), "extra_data": 5}], True),
+    (
+        # A prompt waits ahead of the two, so core accepts the second (heapq compares it
+        # with that one only) and its executor meets the pair at its next get.
+        "queue-tie",
+        [
+            BUSY,
+            {"prompt": template(color=14)},
+            {"prompt": template(color=15), **TIE},
+            {"prompt": template(color=16), **TIE},
+        ],
+        False,
+    ),
+]
+WORKER_DIED = "Exception in thread"  # threading's excepthook, for the executor thread too
+
+
+def skip_unless_refused_here(stamped: bool, unstamped_only: bool) -> None:
+    if unstamped_only and stamped:
+        pytest.skip("core writes into extra_data first here (0.3.69+): its own 500, no harm")
+
+
+def send_all(comfy: Comfy, bodies: list[Any]) -> list[Answer]:
+    return [as_browser(comfy, "/prompt", json.dumps(body).encode()) for body in bodies]
+
+
+@pytest.mark.parametrize(
+    ("bodies", "unstamped_only"), [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES]
+)
+def test_refused_shapes_keep_our_server_alive(
+    pair: Pair, bodies: list[Any], unstamped_only: bool
+) -> None:
+    skip_unless_refused_here(pair.extra_data_stamped, unstamped_only)
+    answers = send_all(pair.with_bridge, bodies)
+    assert [a[0] for a in answers[:-1]] == [200] * (len(bodies) - 1)
+    assert is_guard_refusal(answers[-1]), answers[-1]
+    assert_alive(pair.with_bridge)
+
+
+@pytest.mark.parametrize(
+    ("bodies", "unstamped_only"), [s[1:] for s in SHAPES], ids=[s[0] for s in SHAPES]
+)
+def test_core_alone_dies_of_the_refused_shapes(
+    tmp_path: Any, comfyui_cell: ComfyCell, bodies: list[Any], unstamped_only: bool
+) -> None:
+    """Why the guard refuses them: the process ends, or the executor thread does."""
+    found = find_comfyui()
+    if isinstance(found, str):
+        pytest.skip(f"integration tier: {found}")
+    skip_unless_refused_here(stamps_extra_data(found[0]), unstamped_only)
+    pack = tmp_path / "cib_fuzz_forward"
+    pack.mkdir()
+    (pack / "__init__.py").write_text(FORWARD_PACK)
+    with running_comfyui(tmp_path / "core", packs=[pack]) as core:
+        try:
+            send_all(core, bodies)
+        except OSError:
+            pass  # gone before it answered
+        deadline = time.monotonic() + 120
+        while core.process.poll() is None and WORKER_DIED not in core.log_text():
+            assert time.monotonic() < deadline, "core alone survived"
+            time.sleep(0.1)
+        if core.process.poll() is None:  # alive, but nothing runs any more
+            with pytest.raises(AssertionError, match="stalls"):
+                assert_alive(core)
