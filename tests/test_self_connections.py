@@ -127,3 +127,45 @@ def test_many_short_connections_never_crowd_out_the_new_one(listener: socket.soc
         assert registry.lookup(accepted.getpeername(), accepted.getsockname()) is not None
         client.close(), accepted.close()
     assert len(registry) <= 4
+
+
+def test_one_tracked_connection_is_allowed(listener: socket.socket) -> None:
+    registry = SelfConnections(max_tracked=1)
+    client, accepted = connect(registry, listener)
+    assert registry.lookup(accepted.getpeername(), accepted.getsockname()) is not None
+    client.close(), accepted.close()
+
+
+def found(registry: SelfConnections, pair: tuple[socket.socket, socket.socket]) -> bool:
+    accepted = pair[1]
+    return registry.lookup(accepted.getpeername(), accepted.getsockname()) is not None
+
+
+def test_beyond_the_bound_the_oldest_open_connection_goes(listener: socket.socket) -> None:
+    registry = SelfConnections(max_tracked=2)
+    first = connect(registry, listener)
+    assert found(registry, first)  # indexed
+    second = connect(registry, listener)
+    assert found(registry, second)
+    third = connect(registry, listener)
+    assert (found(registry, first), found(registry, second), found(registry, third)) == (
+        False,
+        True,
+        True,
+    )
+    for client, accepted in (first, second, third):
+        client.close(), accepted.close()
+
+
+def test_closed_connections_go_before_open_ones(listener: socket.socket) -> None:
+    """A closed socket still referenced by its pack is dropped first, not the oldest open one."""
+    registry = SelfConnections(max_tracked=2)
+    oldest = connect(registry, listener)
+    assert found(registry, oldest)
+    closed = connect(registry, listener)
+    assert found(registry, closed)
+    closed[0].close()  # still referenced here, as a pack's pool might
+    newest = connect(registry, listener)
+    assert found(registry, oldest) and found(registry, newest)
+    for client, accepted in (oldest, closed, newest):
+        client.close(), accepted.close()
