@@ -267,10 +267,10 @@ async def run_shard(
 async def _queue(session: aiohttp.ClientSession, shard: Shard, client_id: str) -> str:
     body = {"prompt": shard.watch.graph, "client_id": client_id}
     async with session.post(f"{shard.url}/api/prompt", json=body) as response:
-        answer = await response.json()
+        answer = await response.text()  # a refusal is JSON (400) or, from a proxy, not
     if response.status != 200:
-        raise BatchError(f"{shard.name} refused the workflow: {json.dumps(answer)[:500]}")
-    return str(answer["prompt_id"])
+        raise BatchError(f"{shard.name} refused the workflow: {answer[:500]}")
+    return str(json.loads(answer)["prompt_id"])
 
 
 async def _follow(
