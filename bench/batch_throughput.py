@@ -1,18 +1,22 @@
-"""Batch throughput: 30 photo-like 1024x1024 JPEGs -> PNG (level 4), ours vs a plain script.
+"""Batch throughput: 30 photo-like 1024x1024 JPEGs -> PNG (level 4), ours vs plain Pillow scripts.
 
 Run: python bench/batch_throughput.py   (needs a ComfyUI checkout; see README)
-Side by side in one run, alternating: (a) our loader -> saver example workflow on a real
-ComfyUI, timed from POST /prompt until the tab receives the last image's `executed` event
-(sent by core only after the saver has written and fsynced the file); (b) a plain
-single-process Pillow script doing the same decode -> float32 tensor -> uint8 -> PNG encode
--> write + fsync per image. Target: ours / plain <= 0.8. Also prints both outputs' sizes:
-our saver's PNG encoder (Up filter, parallel deflate) is not Pillow's.
+Side by side in one run, alternating, ROUNDS times:
+  (a) a plain single-process Pillow script: decode -> float32 tensor -> uint8 -> PNG
+      encode -> write + fsync, per image;
+  (b) the same script on a 2-process pool (one process per core of this machine);
+  (c) our loader -> saver example workflow on a real ComfyUI, timed from POST /prompt until
+      the tab receives the last image's `executed` event (sent by core only after the saver
+      has written and fsynced the file).
+Targets: ours / pool <= 0.6, ours / plain <= 0.3. Then: the encoder alone against Pillow's
+PNG encoder on the same image (target <= 0.1), output sizes, and the stage table of one
+more batch (bench/stages.py) on the same server. Prints the load average: the machine is
+shared, so only ratios of one run mean much.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -29,63 +33,67 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from encoders import encoder_alone, make_jpegs  # noqa: E402
+from stages import (  # noqa: E402
+    example_graph,
+    install_timers,
+    print_stage_table,
+    stage_times,
+    write_timer_pack,
+)
+
 from comfy_clientid_bridge.tools.demo import post, wait_idle  # noqa: E402
 from comfy_clientid_bridge.tools.launcher import REPO, Tab, find_comfyui, running_comfyui  # noqa: E402
 
-COUNT, SIZE, ROUNDS = 30, 1024, 3
+COUNT, ROUNDS = 30, 3
 
-PLAIN = """
+SCRIPT = """
 import os, sys, time
+from multiprocessing import get_context
 from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
-src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-dst.mkdir(parents=True, exist_ok=True)
-start = time.perf_counter()
-for path in sorted(src.glob("*.jpg")):
+
+
+def convert(paths):
+    path, target = paths
     with Image.open(path) as image:
         rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.float32) / 255.0
     pixels = np.clip(rgb * 255.0, 0, 255).astype(np.uint8)
-    target = dst / (path.stem + ".png")
     with open(target, "wb") as handle:
         Image.fromarray(pixels).save(handle, "PNG", compress_level=4)
         handle.flush()
         os.fsync(handle.fileno())
-print(time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    src, dst, processes = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    dst.mkdir(parents=True, exist_ok=True)
+    jobs = [(path, dst / (path.stem + ".png")) for path in sorted(src.glob("*.jpg"))]
+    start = time.perf_counter()
+    if processes == 1:
+        for job in jobs:
+            convert(job)
+    else:
+        with get_context("fork").Pool(processes) as pool:
+            pool.map(convert, jobs, chunksize=1)
+    print(time.perf_counter() - start)
 """
 
 
-def photo_like(seed: int) -> Image.Image:
-    """Smooth gradients, a few shapes and sensor-like noise: compresses like a photo."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
-    channels = [
-        128 + 100 * np.sin(2 * np.pi * (x * rng.uniform(0.5, 2) + y * rng.uniform(0.5, 2)) + phase)
-        for phase in rng.uniform(0, 2 * np.pi, 3)
-    ]
-    pixels = np.stack(channels, axis=-1) + rng.normal(0, 6, (SIZE, SIZE, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
-def make_inputs(folder: Path) -> None:
-    folder.mkdir(parents=True)
-    for number in range(COUNT):
-        photo_like(number).save(folder / f"photo{number:02}.jpg", quality=90)
-
-
-def plain_seconds(src: Path, dst: Path) -> float:
-    return float(subprocess.check_output([sys.executable, "-c", PLAIN, str(src), str(dst)]))
+def script_seconds(root: Path, src: Path, dst: Path, processes: int) -> float:
+    script = root / "pillow_script.py"
+    script.write_text(SCRIPT)
+    command = [sys.executable, str(script), str(src), str(dst), str(processes)]
+    return float(subprocess.check_output(command))
 
 
 async def ours_seconds(url: str, src: Path, tag: str) -> float:
-    graph = json.loads((REPO / "examples" / "batch_folder.api.json").read_text())
-    graph["1"]["inputs"].update(folder=str(src), pattern="*.jpg")
-    graph["2"]["inputs"].update(subfolder=tag, compress_level=4)
     async with aiohttp.ClientSession() as session:
         tab = await Tab(session, url, uuid.uuid4().hex).open()
         listener = asyncio.create_task(tab.listen())
         start = time.perf_counter()
-        await post(session, url, {"prompt": graph, "client_id": tab.client_id})
+        await post(session, url, {"prompt": example_graph(src, tag), "client_id": tab.client_id})
         while len([e for e in tab.of_type("executed") if e["node"] == "2"]) < COUNT:
             await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - start
@@ -95,35 +103,67 @@ async def ours_seconds(url: str, src: Path, tag: str) -> float:
     return elapsed
 
 
+def comfy_has_isal(python: Path) -> str:
+    check = "import isal; print(isal.__version__)"
+    result = subprocess.run([str(python), "-c", check], capture_output=True, text=True)
+    return f"isal {result.stdout.strip()}" if result.returncode == 0 else "NO isal (zlib fallback)"
+
+
+def load() -> str:
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(path.stat().st_size for path in folder.rglob("*.png")) / 1e6
+
+
 async def main() -> None:
     found = find_comfyui()
     if isinstance(found, str):
         sys.exit(f"batch_throughput: {found}")
     print(
-        f"{time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · "
-        f"python {platform.python_version()}"
+        f"{time.strftime('%Y-%m-%d %H:%M')} · {platform.machine()} · {os.cpu_count()} cores · "
+        f"python {platform.python_version()} · ComfyUI's python has {comfy_has_isal(found[1])}"
     )
     root = Path(tempfile.mkdtemp(prefix="cib-throughput-"))
-    make_inputs(root / "in")
-    ours: list[float] = []
-    plain: list[float] = []
-    with running_comfyui(root / "comfy", packs=[REPO]) as comfy:
+    make_jpegs(root / "in", COUNT)
+    times: dict[str, list[float]] = {"plain": [], "pool": [], "ours": []}
+    with running_comfyui(root / "comfy", packs=[REPO, write_timer_pack(root)]) as comfy:
         await ours_seconds(comfy.url, root / "in", "warmup")
         for number in range(ROUNDS):
-            plain.append(plain_seconds(root / "in", root / f"plain{number}"))
-            ours.append(await ours_seconds(comfy.url, root / "in", f"r{number}"))
-    for name, values in (("plain Pillow script", plain), ("ours on ComfyUI", ours)):
-        rounds = ", ".join(f"{v:.2f}" for v in values)
-        print(f"{name:>20}: {statistics.median(values):.2f} s for {COUNT} images ({rounds})")
-    ratio = statistics.median(ours) / statistics.median(plain)
-    print(f"ratio ours / plain: {ratio:.2f} (target <= 0.8)")
-    ours_bytes = sum(p.stat().st_size for p in (root / "comfy" / "output" / "r0").rglob("*.png"))
-    plain_bytes = sum(p.stat().st_size for p in (root / "plain0").glob("*.png"))
+            loads = [load()]
+            times["plain"].append(script_seconds(root, root / "in", root / f"plain{number}", 1))
+            times["pool"].append(script_seconds(root, root / "in", root / f"pool{number}", 2))
+            times["ours"].append(await ours_seconds(comfy.url, root / "in", f"r{number}"))
+            loads.append(load())
+            print(
+                f"round {number + 1}: plain {times['plain'][-1]:.2f} s, "
+                f"pool {times['pool'][-1]:.2f} s, ours {times['ours'][-1]:.2f} s "
+                f"(load average {' -> '.join(loads)})"
+            )
+        await install_timers(comfy.url)
+        stages = await stage_times(comfy.url, root / "in", "stages", COUNT)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    names = {
+        "plain": "single-process Pillow script",
+        "pool": "2-process Pillow pool",
+        "ours": "ours on ComfyUI",
+    }
+    for name, label in names.items():
+        per_image = 1000 * median[name] / COUNT
+        print(f"{label:>30}: {median[name]:.2f} s for {COUNT} images, {per_image:.0f} ms/image")
+    print(f"ratio ours / pool:  {median['ours'] / median['pool']:.2f} (target <= 0.6)")
+    print(f"ratio ours / plain: {median['ours'] / median['plain']:.2f} (target <= 0.3)")
+    ours_mb, plain_mb = folder_mb(root / "comfy" / "output" / "r0"), folder_mb(root / "plain0")
     print(
-        f"output size: ours {ours_bytes / 1e6:.1f} MB (Up filter, deflate level 4 on all cores), "
-        f"plain {plain_bytes / 1e6:.1f} MB (Pillow, adaptive filters, level 4): "
-        f"ratio {ours_bytes / plain_bytes:.2f}"
+        f"output size: ours {ours_mb:.1f} MB, Pillow {plain_mb:.1f} MB "
+        f"(adaptive filters, level 4): ratio {ours_mb / plain_mb:.2f}"
     )
+    with Image.open(next((root / "in").glob("*.jpg"))) as image:
+        photo = np.asarray(image.convert("RGB"))
+    encoder_alone(photo)
+    print(f"\nstages of one more batch on the same server (load average {load()}):")
+    print_stage_table([stages])
 
 
 if __name__ == "__main__":
