@@ -142,6 +142,7 @@ def _install(server: Any) -> bool:
             waiting=lambda: internals.waiting_items(server),
             next_number=lambda: internals.next_prompt_number(server),
         ),
+        wrap_put=lambda wrap: internals.route_queue_puts(server, wrap),
         switched_on=enabled(switch=GUARD_SWITCH),
     )
     if not enabled():

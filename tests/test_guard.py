@@ -11,12 +11,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from comfy_clientid_bridge.routing.guard import (
+    SLOT,
     QueueView,
     Refused,
+    Slot,
     guard_on_prompt,
     install_request_guard,
     queue_tie,
     refusal,
+    refusing_put,
     request_guard_middleware,
 )
 
@@ -188,21 +191,29 @@ def test_the_handler_reads_the_queue_only_for_a_chosen_prompt_id() -> None:
     handler = guard_on_prompt(
         extra_data_stamped=False, queue=QueueView(waiting=waiting, next_number=lambda: COUNTER)
     )
-    assert handler({"prompt": OTHER, "client_id": "tab"})["client_id"] == "tab"
-    assert reads == []
-    tied = handler({"prompt": OTHER, "prompt_id": "mine"})
+    token = SLOT.set(Slot())
+    try:
+        assert handler({"prompt": OTHER, "client_id": "tab"})["client_id"] == "tab"
+        assert reads == []
+        tied = handler({"prompt": OTHER, "prompt_id": "mine"})
+    finally:
+        SLOT.reset(token)
     assert reads == [1] and "prompt_id" not in tied and tied["client_id"] is None
 
 
 # ----------------------------------------------------------------------------- on a server
 
 
-def fake_core(*, stamped: bool, handlers: list[Callable[[Any], Any]]) -> web.Application:
-    """server.py post_prompt in miniature (both releases): parse, on-prompt handlers (errors
-    swallowed), number, validate, extra_data writes, queue."""
+def fake_core(
+    *, stamped: bool, handlers: list[Callable[[Any], Any]], guarded_put: bool = True
+) -> web.Application:
+    """server.py post_prompt in miniature, in its order (both releases): parse, on-prompt
+    handlers (errors swallowed), number, validate, client_id written into extra_data
+    (valid or not), the answer for an invalid graph, create_time (0.3.69+), queue put."""
     app = web.Application(middlewares=[request_guard_middleware()])
     queued: list[Any] = []
     app[QUEUED] = queued
+    put = refusing_put(queued.append) if guarded_put else queued.append
 
     async def post_prompt(request: web.Request) -> web.Response:
         json_data = await request.json()
@@ -215,14 +226,15 @@ def fake_core(*, stamped: bool, handlers: list[Callable[[Any], Any]]) -> web.App
             float(json_data["number"])
         if "prompt" not in json_data:
             return web.json_response({"error": "no_prompt", "node_errors": {}}, status=400)
-        if json_data["prompt"] == DEAD:
-            return web.json_response({"error": "core's own", "node_errors": {"1": 2}}, status=400)
+        valid = json_data["prompt"] != DEAD
         extra_data = json_data.get("extra_data", {})
         if "client_id" in json_data:
             extra_data["client_id"] = json_data["client_id"]
+        if not valid:
+            return web.json_response({"error": "core's own", "node_errors": {"1": 2}}, status=400)
         if stamped:
             extra_data["create_time"] = 1
-        queued.append(extra_data)
+        put(extra_data)
         return web.json_response({"prompt_id": "p", "number": 0, "node_errors": {}})
 
     app.router.add_post("/prompt", post_prompt)
@@ -247,10 +259,20 @@ SERVER_CASES = [
         {"prompt": GRAPH, "extra_data": {"client_id": [1]}},
         "extra_data.client_id",
     ),
+    ("nested-client-id-invalid-graph", {"prompt": DEAD, "extra_data": {"client_id": [1]}}, None),
     ("extra-data-int-valid-graph", {"prompt": GRAPH, "extra_data": 3}, "extra_data"),
     ("extra-data-int-invalid-graph", {"prompt": DEAD, "extra_data": 3}, None),
+    ("extra-data-int-and-client-id", {"prompt": GRAPH, "extra_data": 3, "client_id": "t"}, None),
     ("browser-body", {"prompt": GRAPH, "client_id": "tab", "extra_data": {"a": 1}}, None),
 ]
+
+
+async def bare_answer(aiohttp_client: Client, path: str, body: Any) -> tuple[int, Any] | None:
+    """Core alone's answer; None when core raises (aiohttp's 500 page is not JSON)."""
+    client = await aiohttp_client(fake_core(stamped=False, handlers=[]))
+    response = await client.post(path, data=json.dumps(body))
+    text = await response.text()
+    return None if response.status == 500 else (response.status, json.loads(text))
 
 
 @pytest.mark.parametrize("path", ["/prompt", "/api/prompt"])
@@ -263,49 +285,64 @@ async def test_guarded_server_answers_as_core_except_refusals(
     aiohttp_client: Client, path: str, body: Any, refused: str | None
 ) -> None:
     guarded = fake_core(stamped=False, handlers=[guard_on_prompt(extra_data_stamped=False)])
-    bare = fake_core(stamped=False, handlers=[])
-    guarded_client, bare_client = await aiohttp_client(guarded), await aiohttp_client(bare)
-    status, got = await answer(guarded_client, path, body)
+    client = await aiohttp_client(guarded)
+    response = await client.post(path, data=json.dumps(body))
     if refused is None:
-        assert (status, got) == await answer(bare_client, path, body)
+        bare = await bare_answer(aiohttp_client, path, body)
+        got = None if response.status == 500 else (response.status, await response.json())
+        assert got == bare
         return
-    assert status == 400
+    got = await response.json()
+    assert response.status == 400
     assert got["error"]["type"] == "invalid_prompt"
     assert got["error"]["extra_info"]["field"] == refused
     assert guarded[QUEUED] == []  # nothing reached the queue
 
 
-async def test_refusal_caught_only_on_prompt_paths(aiohttp_client: Client) -> None:
+async def test_other_paths_are_not_guarded(aiohttp_client: Client) -> None:
     app = fake_core(stamped=False, handlers=[guard_on_prompt(extra_data_stamped=False)])
     client = await aiohttp_client(app)
-    response = await client.post("/other", data=json.dumps({"prompt": GRAPH, "client_id": [1]}))
-    assert response.status == 500  # not ours to answer there
-    assert app[QUEUED] == []
+    status, _ = await answer(client, "/other", {"prompt": GRAPH, "client_id": [1]})
+    assert status == 200 and app[QUEUED] == [{"client_id": [1]}]
 
 
-async def test_a_later_handler_copying_extra_data_leaves_a_harmless_prompt(
-    aiohttp_client: Client,
-) -> None:
-    """The trap is lost to a handler that rebuilds extra_data; the client_id that would have
-    killed the server is gone too."""
-
-    def rebuild(json_data: Any) -> Any:
-        return {**json_data, "extra_data": dict(json_data.get("extra_data", {}))}
+async def test_a_later_handler_cannot_get_a_refused_body_queued(aiohttp_client: Client) -> None:
+    def restore(json_data: Any) -> Any:
+        return {**json_data, "client_id": [1]}
 
     guard = guard_on_prompt(extra_data_stamped=False)
-    app = fake_core(stamped=False, handlers=[guard, rebuild])
+    app = fake_core(stamped=False, handlers=[guard, restore])
     client = await aiohttp_client(app)
     status, _ = await answer(client, "/prompt", {"prompt": GRAPH, "client_id": {"a": 1}})
-    assert status == 200
-    assert app[QUEUED] == [{"client_id": None}]
+    assert status == 400 and app[QUEUED] == []
 
 
-def test_trap_reads_as_empty_and_refuses_writes() -> None:
-    body = guard_on_prompt(extra_data_stamped=True)({"prompt": GRAPH, "client_id": [1]})
-    assert body["client_id"] is None and body["extra_data"] == {}
-    assert body["extra_data"].get("extra_pnginfo") is None
+async def test_without_the_put_wrapper_the_defused_body_runs(aiohttp_client: Client) -> None:
+    guard = guard_on_prompt(extra_data_stamped=False)
+    app = fake_core(stamped=False, handlers=[guard], guarded_put=False)
+    client = await aiohttp_client(app)
+    status, _ = await answer(client, "/prompt", {"prompt": GRAPH, "client_id": {"a": 1}})
+    assert status == 200 and app[QUEUED] == [{"client_id": None}]  # harmless
+
+
+def test_handler_defuses_only_inside_a_guarded_request() -> None:
+    handler = guard_on_prompt(extra_data_stamped=True)
+    body = {"prompt": GRAPH, "client_id": [1], "prompt_id": "x", "extra_data": {"a": 1}}
+    assert handler(body) is body  # no slot: no middleware around this call
+    slot = Slot()
+    token = SLOT.set(slot)
+    try:
+        defused = handler(body)
+    finally:
+        SLOT.reset(token)
+    assert defused == {"prompt": GRAPH, "client_id": None, "extra_data": {}}
+    assert slot.answer is not None
     with pytest.raises(Refused):
-        body["extra_data"]["client_id"] = None
+        token = SLOT.set(slot)
+        try:
+            refusing_put(list().append)(("item",))
+        finally:
+            SLOT.reset(token)
 
 
 @pytest.mark.parametrize("paths", [(), ("prompt",), (1,)], ids=["none", "relative", "not-str"])
@@ -318,15 +355,17 @@ def test_factory_refuses_bad_paths(paths: Any) -> None:
 async def test_install_adds_the_handler_at_start_up(
     aiohttp_client: Client, switched_on: bool
 ) -> None:
-    app, handlers = web.Application(), []
+    app, handlers, wrapped = web.Application(), [], []
     installed = install_request_guard(
         app,
         add_on_prompt_handler=handlers.append,
         extra_data_stamped=True,
         queue=QueueView(waiting=list, next_number=lambda: 0.0),
+        wrap_put=wrapped.append,
         switched_on=switched_on,
     )
     assert installed == switched_on
     assert len(app.middlewares) == switched_on and handlers == []
+    assert wrapped == ([refusing_put] if switched_on else [])
     await aiohttp_client(app)  # starts the app: on_startup runs
     assert len(handlers) == switched_on

@@ -9,17 +9,20 @@ queue never moves again. `refusal()` names exactly those bodies (tests/test_guar
 the table; tests/integration/test_fuzz_prompt.py checks it against real servers).
 
 How a refusal happens without a second JSON parse and without changing any other answer:
-our on-prompt handler (core hands it the parsed body) swaps a refused body's extra_data for
-a trap. Core then validates the graph as always. An invalid graph gets core's own 400, byte
-for byte; a valid one reaches core's first write into extra_data (`extra_data["client_id"]
-= ...`, right after validation, before the queue), where the trap raises `Refused`, which
-the middleware turns into our 400. Nothing is queued either way.
+our on-prompt handler (core hands it the parsed body) notes the refusal in a slot the
+middleware opened for the request, and hands core the body defused (no client_id, an empty
+extra_data, no prompt_id of its own). Core then validates the graph as always: an invalid
+graph gets core's own 400, byte for byte, as the defused fields play no part in it. A valid
+one reaches `prompt_queue.put`, which we wrap: for a request with a noted refusal it raises
+`Refused` instead of queueing, and the middleware answers our 400. Should the wrapper be
+missing, the defused body is what runs, and it harms nobody.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,22 +165,35 @@ def refusal(body: Any, *, extra_data_stamped: bool = True) -> dict[str, Any] | N
 
 
 class Refused(Exception):
-    """Raised by the trap when core writes into a refused body's extra_data."""
+    """Raised by the queue's put for a request whose body the guard refused."""
 
     def __init__(self, answer: dict[str, Any]) -> None:
         super().__init__(answer["error"]["details"])
         self.answer = answer
 
 
-class RefusedExtraData(dict[str, Any]):
-    """Stands in for a refused body's extra_data: reads as empty, any write raises."""
+@dataclass
+class Slot:
+    """One /prompt request's refusal, if any: opened by the middleware, filled by the
+    on-prompt handler, read by the queue's put (all in the request's own task)."""
 
-    def __init__(self, answer: dict[str, Any]) -> None:
-        super().__init__()
-        self.answer = answer
+    answer: dict[str, Any] | None = None
 
-    def __setitem__(self, key: str, value: Any) -> None:
-        raise Refused(self.answer)
+
+SLOT: ContextVar[Slot | None] = ContextVar("clientid_bridge_guard_slot", default=None)
+
+
+def refusing_put(put: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """PromptQueue.put that raises `Refused` instead of queueing a refused request's item;
+    puts from anywhere else (node code, other packs) pass as they are."""
+
+    def guarded_put(item: Any) -> Any:
+        slot = SLOT.get()
+        if slot is not None and slot.answer is not None:
+            raise Refused(slot.answer)
+        return put(item)
+
+    return guarded_put
 
 
 @dataclass(frozen=True)
@@ -192,9 +208,8 @@ class QueueView:
 def guard_on_prompt(
     *, extra_data_stamped: bool, queue: QueueView | None = None
 ) -> Callable[[Any], Any]:
-    """The on-prompt handler: a refused body goes on with a trap for extra_data, a null
-    client_id and no prompt_id of its own (so core writes into the trap, and nothing
-    harmful is left if a later handler copied it away)."""
+    """The on-prompt handler: a refused body is noted in the request's slot and goes on
+    defused (core validates it; the put refuses it)."""
 
     def on_prompt(json_data: Any) -> Any:
         answer = refusal(json_data, extra_data_stamped=extra_data_stamped)
@@ -206,10 +221,12 @@ def guard_on_prompt(
                     next_number=queue.next_number(),
                     extra_data_stamped=extra_data_stamped,
                 )
-        if answer is None:
+        slot = SLOT.get()
+        if answer is None or slot is None:
             return json_data
+        slot.answer = answer
         defused = {k: v for k, v in json_data.items() if k != "prompt_id"}
-        return {**defused, "client_id": None, "extra_data": RefusedExtraData(answer)}
+        return {**defused, "client_id": None, "extra_data": {}}
 
     return on_prompt
 
@@ -224,11 +241,14 @@ def request_guard_middleware(*, paths: Iterable[str] = DEFAULT_PROMPT_PATHS) -> 
     async def request_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in prompt_paths:
             return await handler(request)
+        token = SLOT.set(Slot())
         try:
             return await handler(request)
         except Refused as refused:
             logger.warning("clientid_bridge: refused a prompt: %s", refused)
             return web.json_response(refused.answer, status=400)
+        finally:
+            SLOT.reset(token)
 
     return request_guard
 
@@ -239,11 +259,11 @@ def install_request_guard(
     add_on_prompt_handler: Callable[[Callable[[Any], Any]], Any],
     extra_data_stamped: bool,
     queue: QueueView,
+    wrap_put: Callable[[Callable[[Callable[[Any], Any]], Callable[[Any], Any]]], None],
     switched_on: bool,
 ) -> bool:
-    """Installs the middleware now and the on-prompt handler at start-up, after every pack's
-    (a handler that writes into a refused body's extra_data would meet the trap instead of
-    core); True when installed."""
+    """Installs the middleware and the put wrapper now and the on-prompt handler at
+    start-up, after every pack's (so it judges the body core will use); True when installed."""
     if not switched_on:
         logger.info("clientid_bridge: request guard off (%s)", GUARD_SWITCH)
         return False
@@ -252,6 +272,7 @@ def install_request_guard(
     async def add_handler_last(_: web.Application) -> None:
         add_on_prompt_handler(handler)
 
+    wrap_put(refusing_put)
     app.middlewares.append(request_guard_middleware())
     app.on_startup.append(add_handler_last)
     return True

@@ -687,3 +687,49 @@ def test_core_alone_dies_of_the_refused_shapes(
         if core.process.poll() is None:  # alive, but nothing runs any more
             with pytest.raises(AssertionError, match="stalls"):
                 assert_alive(core)
+
+
+# ----------------------------------------------------------------------------- other routes
+
+OTHER_ROUTES = ("/queue", "/api/queue", "/interrupt", "/api/interrupt")
+OUR_ROUTES = ("/clientid_bridge/batch/cib-fuzz/stop", "/api/clientid_bridge/batch/x%00/stop")
+other_documents = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "clear": json_values,
+            "delete": json_values | st.lists(json_values, max_size=3),
+            "prompt_id": json_values,
+        },
+    ),
+)
+
+
+@settings(
+    max_examples=max(50, EXAMPLES // 5),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    document=other_documents,
+    raw=st.none() | st.binary(max_size=32),
+    route=st.sampled_from(OTHER_ROUTES + OUR_ROUTES),
+)
+def test_other_routes_need_no_guard(
+    pair: Pair, document: Any, raw: bytes | None, route: str
+) -> None:
+    """POST /queue (clear, delete), /interrupt and our own routes: core answers every body
+    as it did, and neither server dies or stalls of one."""
+    body = raw if raw is not None else encode(document, ascii_only=True)
+    if route in OTHER_ROUTES:
+        answers = [
+            as_browser(comfy, route, body) for comfy in (pair.with_bridge, pair.without_bridge)
+        ]
+        assert answers[0] == answers[1]
+        event(f"{route}: {answers[0][0]}")
+    else:
+        event(f"ours: {as_browser(pair.with_bridge, route, body)[0]}")
+    for comfy in (pair.with_bridge, pair.without_bridge):
+        assert_alive(comfy)
