@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from conftest import (
+from fake_comfy import (
     SECRETS,
     TAB_A,
     TAB_B,

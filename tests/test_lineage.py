@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import graph
+from fake_comfy import graph
 
 from comfy_clientid_bridge.routing.lineage import (
     Ledger,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from conftest import (
+from fake_comfy import (
     TAB_A,
     FakeComfy,
     create_app,
