@@ -47,13 +47,13 @@ class Credentials:
     @classmethod
     def of(cls, request: web.BaseRequest) -> Credentials | None:
         """The request's own credentials; None when it carries none."""
+        authorization = request.headers.get("Authorization")
         cookies = request.headers.getall("Cookie", [])
-        found = cls(
-            authorization=request.headers.get("Authorization"),
-            cookie="; ".join(cookies) if cookies else None,
-            token=request.query.get(TOKEN_PARAM),
-        )
-        return None if found == cls() else found
+        # Parsing the query costs more than the rest: only when there is one.
+        token = request.query.get(TOKEN_PARAM) if request.query_string else None
+        if authorization is None and not cookies and token is None:
+            return None
+        return cls(authorization, "; ".join(cookies) if cookies else None, token)
 
     def given_to(self, request: web.Request) -> web.Request:
         """A copy of `request` carrying these credentials; its body is not read yet, so
