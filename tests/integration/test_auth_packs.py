@@ -55,7 +55,6 @@ NEEDS = {
 }
 USER, PASSWORD = "tester", "pw-" + uuid.uuid4().hex[:12]
 IMAGES = 5
-REFUSED = {LOGIN: 401, BASIC: 401}
 
 
 @dataclass
@@ -206,7 +205,6 @@ async def test_api_client_runs_our_batch(auth: AuthServer, tmp_path: Path) -> No
     saved = sorted(p.name for p in (auth.comfy.output / subfolder).glob("*.png"))
     assert saved == [f"sample{n}_out.png" for n in range(1, IMAGES + 1)]
     assert sorted(saved_by(run.tab, "2")) == saved  # and the tab saw every one
-    assert "Authentication required" not in auth.comfy.log_text()
 
 
 async def test_api_client_runs_the_naive_pack(auth: AuthServer) -> None:
@@ -227,9 +225,9 @@ async def test_outside_script_is_still_refused(
     async with aiohttp.ClientSession(headers=headers if credentials == "wrong" else {}) as session:
         body = {"prompt": loop_graph("uuid4", "refused", 1)}
         async with session.post(auth.comfy.url + path, json=body) as response:
-            assert response.status == REFUSED[auth.pack]
+            assert response.status == 401
         async with session.get(f"{auth.comfy.url}/queue") as response:
-            assert response.status == REFUSED[auth.pack]
+            assert response.status == 401
 
 
 async def test_no_credentials_in_our_log_lines_or_status(auth: AuthServer) -> None:
