@@ -216,6 +216,14 @@ async def test_api_client_runs_the_naive_pack(auth: AuthServer) -> None:
     assert len(run.tab.of_type("execution_success")) == IMAGES
 
 
+async def test_a_requeue_from_a_timer_thread_gets_no_credentials(auth: AuthServer) -> None:
+    """The documented limit: a thread's origin is not known before auth, so it gets none."""
+    prefix = f"timer_{auth.pack}"
+    run = await run_as_api_client(auth, loop_graph("timer", prefix, IMAGES))
+    assert len(prompts_saving(run.history, prefix)) == 1
+    assert "HTTP Error 401" in auth.comfy.log_text()  # the pack's timer thread was refused
+
+
 @pytest.mark.parametrize("path", ["/prompt", "/api/prompt"])
 @pytest.mark.parametrize("credentials", ["none", "wrong"])
 async def test_outside_script_is_still_refused(
