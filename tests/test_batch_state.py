@@ -279,3 +279,15 @@ def test_last_status_is_keyed_by_source_and_the_last_line_wins() -> None:
         {"index": 4, "source": "c.png"},
     ]
     assert last_status(records) == {"a.png": "saved", "b.png": "saved", "gone.png": "missing"}
+
+
+def test_the_state_file_format() -> None:
+    """What a user's disk holds: a change here needs a new STATE_VERSION."""
+    state = BatchState("0123456789abcdef", "/in", ["a.png", "b/c.png"], "/out/batch")
+    assert json.loads(state.to_json()) == {
+        "version": 2,
+        "batch_id": "0123456789abcdef",
+        "folder": "/in",
+        "files": ["a.png", "b/c.png"],
+        "output_folder": "/out/batch",
+    }

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -67,7 +67,10 @@ class BatchState:
     output_folder: str = ""
 
     def to_json(self) -> str:
-        return _dumps({"version": STATE_VERSION, **asdict(self)})
+        # Not dataclasses.asdict: it deep-copies the listing, a fifth of a Run's start at
+        # 10,000 files.
+        fields = {"batch_id": self.batch_id, "folder": self.folder, "files": self.files}
+        return _dumps({"version": STATE_VERSION, **fields, "output_folder": self.output_folder})
 
     @classmethod
     def from_json(cls, text: str) -> BatchState:
