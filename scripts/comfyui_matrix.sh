@@ -112,6 +112,10 @@ print_env() {
     [ -n "$dir" ] || continue
     python="$(python_of "$dir")" || continue
     version="$(version_of "$dir")"
+    if ! "$python" -c "import torch, aiohttp, yaml" >/dev/null 2>&1; then
+      echo "matrix: leaving out $dir: $python cannot import torch, aiohttp and yaml" >&2
+      continue
+    fi
     matrix="${matrix:+$matrix;}${version:-$(basename "$dir")}=$dir|$python"
   done < <(checkouts)
   for version in $versions; do

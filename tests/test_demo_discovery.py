@@ -13,6 +13,7 @@ from comfy_clientid_bridge.tools.demo import (
     comfyui_places,
     demo,
     locate_comfyui,
+    missing_configs,
     python_problem,
 )
 
@@ -165,6 +166,7 @@ def test_demo_without_comfyui_exits_2_listing_places_and_commands(
         in said
     )
     assert "ComfyUI portable: no ComfyUI checkout at" in said
+    assert f"comfy-cli config: none at {bare_home / '.config' / 'comfy-cli' / 'config.ini'}" in said
     assert "comfy --skip-prompt --workspace ~/comfy/ComfyUI install --cpu" in said
     assert "python -m comfy_clientid_bridge demo --comfyui ~/comfy/ComfyUI" in said
 
@@ -181,3 +183,21 @@ def test_demo_with_a_python_that_cannot_run_comfyui_exits_2_before_starting(
     assert f"demo: ComfyUI at {comfy}, but" in caplog.text
     assert "No module named 'torch'" in caplog.text
     assert not (comfy / "user").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("system", "expected"),
+    [
+        ("linux", ["comfy-cli config"]),
+        ("darwin", ["comfy-cli config", "ComfyUI Desktop config"]),
+        ("win32", ["comfy-cli config", "ComfyUI Desktop config"]),
+    ],
+    ids=["linux", "macos", "windows"],
+)
+def test_missing_tool_configs_are_named(tmp_path: Path, system: str, expected: list[str]) -> None:
+    said = missing_configs({}, tmp_path, system)
+    assert [line.split(":")[0] for line in said] == expected
+    config = tmp_path / ".config" / "comfy-cli" / "config.ini"
+    config.parent.mkdir(parents=True)
+    config.write_text("[DEFAULT]\n")
+    assert not any(line.startswith("comfy-cli") for line in missing_configs({}, tmp_path, "linux"))

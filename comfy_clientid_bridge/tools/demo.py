@@ -267,6 +267,23 @@ def comfyui_places(
     return places
 
 
+def missing_configs(
+    environ: Mapping[str, str] = os.environ, home: Path | None = None, system: str = sys.platform
+) -> list[str]:
+    """The tools' config files that were looked for and are not there: worth saying, since
+    a missing one explains why its ComfyUI was not found."""
+    home = home or Path.home()
+    configs = {"comfy-cli config": comfy_cli_config(home, system)}
+    if system == "win32":
+        appdata = Path(environ.get("APPDATA") or home / "AppData" / "Roaming")
+        configs["ComfyUI Desktop config"] = appdata / "ComfyUI" / "config.json"
+    elif system == "darwin":
+        configs["ComfyUI Desktop config"] = (
+            home / "Library" / "Application Support" / "ComfyUI" / "config.json"
+        )
+    return [f"{name}: none at {path}" for name, path in configs.items() if not path.is_file()]
+
+
 def locate_comfyui(places: list[Place]) -> tuple[tuple[Path, Path] | None, list[str]]:
     """The first place with a checkout and its python, and what each place looked at was."""
     looked: list[str] = []
@@ -315,7 +332,7 @@ def ready_comfyui(explicit: Path | None) -> tuple[Path, Path] | str:
     """The ComfyUI to run the demo on, checked; else what to tell the user."""
     found, looked = locate_comfyui(comfyui_places(explicit))
     if found is None:
-        return not_found(looked)
+        return not_found(looked + ([] if explicit else missing_configs()))
     problem = python_problem(found[1])
     if problem:
         return f"demo: ComfyUI at {found[0]}, but {problem}.\n{GET_COMFYUI}"
