@@ -156,6 +156,18 @@ TIES: list[tuple[str, Any, bool, bool]] = [
     ("id-as-number", {"prompt": OTHER, "number": 7, "prompt_id": 5}, False, False),
     ("bad-number", {"prompt": OTHER, "number": "x", "prompt_id": "mine"}, False, False),
     ("no-prompt", {"number": 7, "prompt_id": "mine"}, False, False),
+    (
+        "extra-data-string",  # v0.3.64 queues it; a string cannot be ordered against a dict
+        {"prompt": GRAPH, "number": 7, "prompt_id": "mine", "extra_data": "x"},
+        False,  # core's own 500 at create_time
+        True,
+    ),
+    (
+        "extra-data-string-and-client-id",  # core's own 500 at the client_id write
+        {"prompt": OTHER, "number": 7, "prompt_id": "mine", "extra_data": "x", "client_id": "c"},
+        False,
+        False,
+    ),
 ]
 
 

@@ -127,9 +127,11 @@ def queue_tie(
     """
     if _core_answers_first(body) or "prompt_id" not in body:
         return None
-    key = (_number(body, next_number), str(body["prompt_id"]))
     extra_data = body.get("extra_data", {})
-    if "client_id" in body and isinstance(extra_data, dict):
+    if not isinstance(extra_data, dict) and ("client_id" in body or extra_data_stamped):
+        return None  # core's own 500 when it writes into it: never queued
+    key = (_number(body, next_number), str(body["prompt_id"]))
+    if "client_id" in body:
         extra_data = {**extra_data, "client_id": body["client_id"]}
     for item in waiting:
         if item[:2] != key:
