@@ -15,13 +15,17 @@ from fake_comfy import (
     TAB_B,
     WORKER_THREAD,
     WORKFLOW,
+    FakeComfy,
     bridge_of,
     comfy_of,
+    create_app,
     graph,
     post_from_outside,
     post_from_thread,
     running,
 )
+
+from comfy_clientid_bridge.routing.lineage import PromptRecord, changed_widgets, closest_ancestor
 
 PATHS = pytest.mark.parametrize("path", ["/prompt", "/api/prompt"], ids=["prompt", "api-prompt"])
 STALE = "f" * 32
@@ -235,3 +239,91 @@ async def test_status_route_reports_counts_and_recent_decisions(comfy_server: Te
     }
     assert [d["action"] for d in status["recent"]] == ["rewrite", "keep"]
     assert status["recent"][0]["thread"] == WORKER_THREAD
+
+
+@pytest.mark.parametrize(
+    ("thread", "reason"),
+    [
+        (WORKER_THREAD, "no client_id; origin by executing prompt"),
+        ("Thread-7", "no client_id; origin by graph lineage"),
+    ],
+    ids=["executing", "lineage"],
+)
+async def test_a_decision_says_how_its_origin_was_found(
+    comfy_server: TestServer, thread: str, reason: str
+) -> None:
+    url = str(comfy_server.make_url("/prompt"))
+    await post_from_outside(url, {"prompt": graph(0), "client_id": TAB_A})
+    comfy_of(comfy_server).running = running(TAB_A)
+    await post_from_thread(url, {"prompt": graph(1)}, thread_name=thread)
+    [decision] = bridge_of(comfy_server).recent
+    assert (decision["action"], decision["reason"]) == ("rewrite", reason)
+
+
+async def test_a_workflow_is_added_to_the_re_queues_own_pnginfo(comfy_server: TestServer) -> None:
+    comfy_of(comfy_server).running = running(TAB_A)
+    own = {"extra_pnginfo": {"other": 1}}
+    await post_from_thread(
+        str(comfy_server.make_url("/prompt")), {"prompt": graph(1), "extra_data": own}
+    )
+    received = comfy_of(comfy_server).received[-1]
+    assert received["extra_data"] == {"extra_pnginfo": {"other": 1, "workflow": WORKFLOW}}
+
+
+async def test_the_status_counts_the_remembered_prompts(comfy_server: TestServer) -> None:
+    url = str(comfy_server.make_url("/prompt"))
+    await post_from_outside(url, {"prompt": graph(0), "client_id": TAB_A})
+    status = await _client_get(comfy_server, "/clientid_bridge/status")
+    assert status["remembered_prompts"] == 1
+
+
+async def test_the_status_route_with_the_bridge_off(
+    aiohttp_server: Any,
+) -> None:
+    server = await aiohttp_server(create_app(FakeComfy(), bridge_on=False))
+    assert await _client_get(server, "/clientid_bridge/status") == {"enabled": False}
+
+
+# Lineage, as the bridge uses it to find the origin of a re-queue from a timer thread.
+
+
+def record(client: str | None, nodes: dict[str, tuple[str, dict[str, Any]]]) -> PromptRecord:
+    body = {
+        node_id: {"class_type": kind, "inputs": inputs} for node_id, (kind, inputs) in nodes.items()
+    }
+    return PromptRecord(client_id=client, graph=body)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "qualifies"),
+    [
+        ({"1": ("Load", {"x": 5})}, True),
+        ({"1": ("Other", {"x": 1})}, False),
+        ({"2": ("Load", {"x": 1})}, False),
+    ],
+    ids=["same-shape", "other-class-type", "other-node-id"],
+)
+def test_only_a_graph_of_the_same_shape_is_an_ancestor(
+    candidate: dict[str, tuple[str, dict[str, Any]]], qualifies: bool
+) -> None:
+    child = record(None, {"1": ("Load", {"x": 1})})
+    found = closest_ancestor(child, [record(TAB_A, candidate)])
+    assert (found is not None) is qualifies
+
+
+def test_no_candidates_no_ancestor() -> None:
+    assert closest_ancestor(record(None, {"1": ("Load", {})}), []) is None
+
+
+def test_only_the_newest_prompt_of_each_tab_counts() -> None:
+    child = record(None, {"1": ("Load", {"x": 1, "y": 1})})
+    newest_a = record(TAB_A, {"1": ("Load", {"x": 9, "y": 9})})
+    older_a = record(TAB_A, {"1": ("Load", {"x": 1, "y": 1})})  # closer, but not A's latest
+    tab_b = record(TAB_B, {"1": ("Load", {"x": 9, "y": 1})})
+    assert closest_ancestor(child, [newest_a, older_a, tab_b]) is tab_b
+
+
+def test_a_widget_set_to_none_differs_from_a_missing_one() -> None:
+    parent = record(None, {"1": ("Load", {"x": None})})
+    child = record(None, {"1": ("Load", {})})
+    assert changed_widgets(parent, child) == changed_widgets(child, parent) == {("1", "x")}
