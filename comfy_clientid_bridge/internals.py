@@ -129,7 +129,8 @@ def running_client_id(server: Any) -> str | None:
     attribute keeps the last prompt's id, v0.3.64 and 0.8.0)."""
     if not server.prompt_queue.currently_running:
         return None
-    return current_client_id(server)
+    client_id = getattr(server, "client_id", None)  # current_client_id, inlined: per message
+    return client_id if isinstance(client_id, str) else None
 
 
 def current_client_id(server: Any) -> str | None:
