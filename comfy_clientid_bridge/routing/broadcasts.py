@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,21 +44,23 @@ class BroadcastRouter:
     is_connected: Callable[[str], bool]
     on_worker_thread: Callable[[], bool]
     keep_broadcast: frozenset[str] = SERVER_EVENTS
-    routed: Counter[str] = field(default_factory=Counter)
+    routed: dict[str, int] = field(default_factory=dict)
 
     def target(self, event: Any, sid: str | None) -> str | None:
         """The sid to send with: unchanged, or the running prompt's client for node code."""
         if sid is not None or not self.on_worker_thread():
             return sid
-        name = event_name(event)
+        name = event if type(event) is str else event_name(event)  # no call for the usual str
         if name in self.keep_broadcast:
             return None
         client_id = self.running_client()
         if client_id is None or not self.is_connected(client_id):
             return None
-        if name not in self.routed:
+        routed = self.routed.get(name)
+        if routed is None:
+            routed = 0
             logger.info("clientid_bridge: %r broadcasts from node code now go to their tab", name)
-        self.routed[name] += 1
+        self.routed[name] = routed + 1  # plain dict: this runs once per routed message
         return client_id
 
     def status(self) -> dict[str, Any]:
