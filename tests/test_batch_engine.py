@@ -429,7 +429,6 @@ def test_a_loop_step_claims_its_image_and_clears_the_queued_prompt(
         "p1",
         "8",
     )
-    engine.stop("b1")
     assert engine.stop("b1") is None  # nothing queued any more
 
 
@@ -506,10 +505,14 @@ def test_finish_logs_the_summary_once(
     assert done == [f"batch b1 done: {first}; report {engine.report_path('b1')}"]
 
 
-def test_badge_of_a_stopped_batch(engine: BatchEngine, folder: Path) -> None:
+def test_badge_of_a_stopped_batch(
+    engine: BatchEngine, folder: Path, caplog: pytest.LogCaptureFixture, clock: list[float]
+) -> None:
     engine.begin("b1", source(folder), -1, "p0", LOADER)
     engine.record("b1", 0, "saved", "o")
-    engine.stop("b1")
+    with caplog.at_level("INFO", logger="comfy_clientid_bridge"):
+        engine.stop("b1")
+    assert caplog.messages == ["batch b1 stopped at 1/4 (25%) · ETA 0:00"]
     assert engine.badge("b1") == "stopped: 1/4"
 
 

@@ -27,6 +27,7 @@ from comfy_clientid_bridge.batch.state import StateStore, read_report
 LOADER, SAVER, NEXT = "1", "2", "3"
 TAB = "a" * 32
 WORKFLOW = {"nodes": [{"id": 1}], "links": []}
+SERVER = object()  # PromptServer.instance
 
 
 class Frames:
@@ -49,6 +50,7 @@ class FakeComfy:
     root: Path
     running_prompt_id: str = "p0"
     queued: list[dict[str, Any]] = field(default_factory=list)
+    servers: list[Any] = field(default_factory=list)  # the server each POST was made to
     progress: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
@@ -60,6 +62,7 @@ class FakeComfy:
         return self.root / "output"
 
     def queue_prompt(self, server: Any, body: dict[str, Any]) -> str:
+        self.servers.append(server)
         self.queued.append(body)
         return f"p{len(self.queued)}"
 
@@ -74,9 +77,11 @@ def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeComfy:
     monkeypatch.setattr(internals, "listen_addresses", lambda: ["127.0.0.1"])
     monkeypatch.setattr(internals, "output_directory", lambda: fake.output)
     monkeypatch.setattr(internals, "user_directory", lambda: fake.root / "user")
-    monkeypatch.setattr(internals, "prompt_server", lambda: "server")
+    monkeypatch.setattr(internals, "prompt_server", lambda: SERVER)
     monkeypatch.setattr(internals, "running_prompt_id", lambda server: fake.running_prompt_id)
-    monkeypatch.setattr(internals, "current_client_id", lambda server: TAB)
+    monkeypatch.setattr(
+        internals, "current_client_id", lambda server: TAB if server is SERVER else None
+    )
     monkeypatch.setattr(internals, "queue_prompt", fake.queue_prompt)
     monkeypatch.setattr(internals, "execution_blocker", lambda: "blocked")
     monkeypatch.setattr(internals, "show_node_progress", lambda *args: fake.progress.append(args))
@@ -227,8 +232,11 @@ def test_batch_next_queues_the_graph_as_sent_with_the_loader_advanced(
         "extra_data": {"extra_pnginfo": {"workflow": WORKFLOW}},
     }
     assert prompt[LOADER]["inputs"]["cursor"] == -1  # the running prompt is not changed
-    assert answer["ui"]["state"] == ["running"]
-    assert engine().batches_of_prompt("p1") == [loaded["result"][6]]  # its next prompt
+    assert comfy.servers == [SERVER]
+    batch = loaded["result"][6]
+    assert answer["ui"]["state"] == ["running"] and answer["ui"]["batch_id"] == [batch]
+    assert answer["ui"]["text"][0].startswith("1/3 (33%) · ETA ")
+    assert engine().batches_of_prompt("p1") == [batch]  # its next prompt
 
 
 def test_batch_next_at_the_end_says_done_and_queues_nothing(comfy: FakeComfy, photos: Path) -> None:
@@ -246,9 +254,12 @@ def test_batch_next_at_the_end_says_done_and_queues_nothing(comfy: FakeComfy, ph
 def test_batch_next_of_a_stopped_batch_queues_nothing(comfy: FakeComfy, photos: Path) -> None:
     prompt = graph()
     loaded = load(prompt)
-    engine().stop(loaded["result"][6])
-    answer = advance(prompt, loaded["result"][6])
+    batch = loaded["result"][6]
+    engine().stop(batch)
+    answer = advance(prompt, batch)
     assert comfy.queued == [] and answer["ui"]["state"] == ["stopped"]
+    assert answer["ui"]["batch_id"] == [batch]
+    assert answer["ui"]["text"] == ["stopped at 0/3 (0%) · ETA --:--"]
 
 
 def test_batch_next_without_a_workflow_sends_no_extra_data(comfy: FakeComfy, photos: Path) -> None:
@@ -312,9 +323,13 @@ def test_a_folder_with_nothing_readable_is_done_and_blocks_downstream(
     assert loaded["ui"]["badge"] == ["done: 0 saved, 0 skipped, 3 failed"]
 
 
-def test_a_complete_batch_blocks_and_says_so(comfy: FakeComfy, photos: Path) -> None:
+def test_a_complete_batch_blocks_and_says_so(
+    comfy: FakeComfy, photos: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     run_batch(comfy, graph())
-    loaded = load(graph())
+    with caplog.at_level("INFO", logger="comfy_clientid_bridge"):
+        loaded = load(graph())
+    assert f"batch {batch_of(graph())}: already complete: " in caplog.text
     assert loaded["result"][0] == "blocked" and loaded["ui"]["state"] == ["complete"]
     assert "already complete" in loaded["ui"]["text"][0]
 
@@ -386,7 +401,11 @@ def test_saver_skips_an_existing_output(comfy: FakeComfy, photos: Path) -> None:
     answer = save(prompt, load(prompt))
     assert answer == {"ui": {"images": []}, "result": ("",)}
     [line] = read_report(report(comfy))
-    assert (line["status"], line["output"]) == ("skipped", "batch/img1.png")
+    assert (line["status"], line["output"], line["error"]) == (
+        "skipped",
+        "batch/img1.png",
+        "output exists",
+    )
 
 
 def test_saver_to_an_outside_folder_writes_there_and_shows_nothing(
@@ -452,9 +471,19 @@ def test_a_persons_run_is_never_cached(comfy: FakeComfy, photos: Path) -> None:
     assert is_changed(graph(), -1) != is_changed(graph(), -1)
 
 
+def test_without_its_prompt_a_loop_step_is_never_cached(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph()
+    load(prompt)
+    inputs = {**prompt[LOADER]["inputs"], "cursor": 1}
+    for hidden in ({"unique_id": LOADER}, {"prompt": prompt}):
+        first = nodes.BatchImageLoader.IS_CHANGED(**hidden, **inputs)
+        assert first != nodes.BatchImageLoader.IS_CHANGED(**hidden, **inputs)
+
+
 def test_a_loop_step_is_keyed_by_its_file(comfy: FakeComfy, photos: Path) -> None:
     prompt = graph()
     load(prompt)
+    assert is_changed(prompt, 0) == is_changed(prompt, 0)  # the first image too
     first = is_changed(prompt, 1)
     assert first == is_changed(prompt, 1) and f":{photos / 'img2.png'}:" in first
     os.utime(photos / "img2.png", ns=(1, 1))
