@@ -230,6 +230,7 @@ async def test_status_route_reports_counts_and_recent_decisions(comfy_server: Te
     )
     status = await _client_get(comfy_server, "/api/clientid_bridge/status")
     assert status["enabled"] is True
+    assert status["node_traffic"] is False  # this app routes no broadcasts
     assert status["counts"] == {
         "submissions": 2,
         "programmatic": 2,
