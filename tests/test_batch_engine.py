@@ -569,3 +569,25 @@ def test_workflow_key_of_a_changed_graph(changed: dict[object, object], same: bo
     }
     other = {**{k: v for k, v in graph.items() if str(k) not in map(str, changed)}, **changed}
     assert (workflow_key(graph, "7") == workflow_key(other, 7)) is same  # type: ignore[arg-type]
+
+
+def test_the_output_folder_is_saved_once_per_change(
+    engine: BatchEngine, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    saves: list[object] = []
+    monkeypatch.setattr(engine.store, "save", saves.append)
+    for _ in range(3):  # the saver tells it at every image
+        engine.writes_to("b1", tmp_path / "o")
+    engine.writes_to("b1", tmp_path / "p")
+    assert len(saves) == 2
+
+
+def test_the_summary_counts_unreadable_and_failed_as_failed(
+    engine: BatchEngine, folder: Path, clock: list[float]
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "unreadable", None, "bad")
+    engine.record("b1", 1, "failed", None, "disk full")
+    engine.record("b1", 2, "failed", None, "disk full")
+    assert engine.summary("b1").startswith("3 images in 0:00 · 0 processed, 0 skipped, 3 failed")

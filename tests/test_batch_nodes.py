@@ -78,7 +78,11 @@ def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeComfy:
     monkeypatch.setattr(internals, "output_directory", lambda: fake.output)
     monkeypatch.setattr(internals, "user_directory", lambda: fake.root / "user")
     monkeypatch.setattr(internals, "prompt_server", lambda: SERVER)
-    monkeypatch.setattr(internals, "running_prompt_id", lambda server: fake.running_prompt_id)
+    monkeypatch.setattr(
+        internals,
+        "running_prompt_id",
+        lambda server: fake.running_prompt_id if server is SERVER else None,
+    )
     monkeypatch.setattr(
         internals, "current_client_id", lambda server: TAB if server is SERVER else None
     )
@@ -279,15 +283,19 @@ def test_loader_outputs_and_ui(comfy: FakeComfy, photos: Path) -> None:
     ui = loaded["ui"]
     assert ui["batch_id"] == [batch] and ui["state"] == ["running"] and ui["file"] == ["img0.png"]
     assert ui["progress"] == [0, 4] and ui["badge"] == ["0/4 · ETA --:--"]
+    assert ui["text"] == ["0/4 (0%) · img0.png · ETA --:--"]
     assert comfy.progress == [(LOADER, 1, 4)]
+    assert engine().running_prompt_id(batch) == "p0"
 
 
 def test_unreadable_files_are_skipped_and_reported(comfy: FakeComfy, photos: Path) -> None:
     (photos / "img0.png").write_bytes(b"\x89PNG broken")
     loaded = load(graph())
     assert loaded["result"][2] == "img1"
-    statuses = [(line["source"], line["status"]) for line in read_report(report(comfy))]
-    assert statuses == [("img0.png", "unreadable")]
+    [line] = read_report(report(comfy))
+    assert (line["source"], line["status"]) == ("img0.png", "unreadable")
+    assert line["error"].startswith(f"cannot read image {photos / 'img0.png'}: ")
+    assert engine().running_prompt_id(loaded["result"][6]) == "p0"  # the next one, same prompt
 
 
 def test_on_error_stop_stops_the_batch(comfy: FakeComfy, photos: Path) -> None:
@@ -321,6 +329,7 @@ def test_a_folder_with_nothing_readable_is_done_and_blocks_downstream(
     assert loaded["result"] == ("blocked",) * len(nodes.BatchImageLoader.RETURN_TYPES)
     assert loaded["ui"]["state"] == ["done"]
     assert loaded["ui"]["badge"] == ["done: 0 saved, 0 skipped, 3 failed"]
+    assert loaded["ui"]["text"][0].startswith("done: 3 images in ")
 
 
 def test_a_complete_batch_blocks_and_says_so(
@@ -332,6 +341,24 @@ def test_a_complete_batch_blocks_and_says_so(
     assert f"batch {batch_of(graph())}: already complete: " in caplog.text
     assert loaded["result"][0] == "blocked" and loaded["ui"]["state"] == ["complete"]
     assert "already complete" in loaded["ui"]["text"][0]
+    assert loaded["ui"]["badge"] == loaded["ui"]["text"]  # the reason, not the progress
+
+
+def test_a_loop_step_of_a_stopped_batch_shows_it_stopped(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph()
+    engine().stop(load(prompt)["result"][6])
+    step = {
+        **prompt,
+        LOADER: {**prompt[LOADER], "inputs": {**prompt[LOADER]["inputs"], "cursor": 1}},
+    }
+    loaded = load(step)
+    assert loaded["ui"]["state"] == ["stopped"] and loaded["ui"]["badge"] == ["stopped: 0/3"]
+
+
+def test_the_shuffle_seed_is_part_of_the_batch(comfy: FakeComfy, photos: Path) -> None:
+    reseeded = graph()
+    reseeded[LOADER]["inputs"]["shuffle_seed"] = 7
+    assert load(graph())["ui"]["batch_id"] != load(reseeded)["ui"]["batch_id"]
 
 
 def batch_of(prompt: dict[str, Any]) -> str:
@@ -388,11 +415,25 @@ def test_saver_keeps_source_subfolders(comfy: FakeComfy, photos: Path) -> None:
 
 def test_saver_numbers_the_frames_of_a_batch_of_images(comfy: FakeComfy, photos: Path) -> None:
     prompt = graph()
-    save(prompt, load(prompt), frames=2)
-    assert sorted(p.name for p in (comfy.output / "batch").iterdir()) == [
-        "img1_0.png",
-        "img1_1.png",
-    ]
+    answer = save(prompt, load(prompt), frames=2)
+    out = comfy.output / "batch"
+    assert sorted(p.name for p in out.iterdir()) == ["img1_0.png", "img1_1.png"]
+    assert answer["result"] == (f"{out / 'img1_0.png'};{out / 'img1_1.png'}",)
+
+
+def test_saver_skips_one_frame_and_saves_the_next(comfy: FakeComfy, photos: Path) -> None:
+    png(comfy.output / "batch" / "img1_0.png", (1, 2, 3))
+    prompt = graph()
+    answer = save(prompt, load(prompt), frames=2)
+    assert answer["result"] == (str(comfy.output / "batch" / "img1_1.png"),)
+
+
+def test_saver_subfolder_dot_is_the_output_folder(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph(subfolder=".")
+    loaded = load(prompt)
+    save(prompt, loaded)
+    assert (comfy.output / "img1.png").is_file()
+    assert engine().summary(loaded["result"][6]).endswith(f"output: {comfy.output}")
 
 
 def test_saver_skips_an_existing_output(comfy: FakeComfy, photos: Path) -> None:
