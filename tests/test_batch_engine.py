@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from comfy_clientid_bridge import internals
+from comfy_clientid_bridge.batch import engine as engine_module
 from comfy_clientid_bridge.batch.control import BatchControl
 from comfy_clientid_bridge.batch.engine import (
     BatchEngine,
     Halt,
     Item,
     Source,
+    batch_engine,
     source_batch_id,
     workflow_key,
 )
@@ -76,7 +79,13 @@ def test_runs_in_natural_order_once(engine: BatchEngine, folder: Path) -> None:
         "img3.png",
         "img10.png",
     ]
-    assert len(read_report(engine.report_path("b1"))) == 4
+    lines = read_report(engine.report_path("b1"))
+    assert [(line["index"], line["source"]) for line in lines] == [
+        (0, "img1.png"),
+        (1, "img2.png"),
+        (2, "img3.png"),
+        (3, "img10.png"),
+    ]
 
 
 def test_a_finished_batch_does_not_start_again(engine: BatchEngine, folder: Path) -> None:
@@ -616,3 +625,36 @@ def test_batch_ids_are_stable_across_versions(recursive: bool, expected: str) ->
 def test_workflow_key_of_a_loader_without_a_cursor() -> None:
     graph = {"7": {"class_type": "Loader", "inputs": {"folder": "a"}}}
     assert workflow_key(graph, "7") == workflow_key({"7": {**graph["7"]}}, "7")
+
+
+def test_badge_when_nothing_failed(engine: BatchEngine, folder: Path) -> None:
+    run_to_end(engine, "b1", source(folder))
+    assert engine.badge("b1") == "done: 4 saved, 0 skipped"
+
+
+def test_shuffle_follows_its_seed(folder: Path) -> None:
+    for number in range(20):
+        (folder / f"more{number}.png").write_bytes(b"x")
+    orders = {seed: source(folder, order="shuffle", seed=seed).list() for seed in (1, 2)}
+    assert orders[1] != orders[2]
+    assert orders[1] == source(folder, order="shuffle", seed=1).list()
+    assert sorted(orders[1]) == sorted(orders[2])
+
+
+def test_the_process_engine_lives_in_comfyuis_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = object()
+    alive_in_comfy = {(server, "p1")}
+    monkeypatch.setattr(engine_module, "_engine", None)
+    monkeypatch.setattr(internals, "user_directory", lambda: tmp_path / "user")
+    monkeypatch.setattr(internals, "output_directory", lambda: tmp_path / "output")
+    monkeypatch.setattr(internals, "prompt_server", lambda: server)
+    monkeypatch.setattr(
+        internals, "is_prompt_alive", lambda srv, prompt_id: (srv, prompt_id) in alive_in_comfy
+    )
+    made = batch_engine()
+    assert batch_engine() is made  # one per process
+    assert made.store.root == tmp_path / "user" / "clientid_bridge" / "batches"
+    assert made.report_dir == tmp_path / "output"
+    assert made.is_alive("p1") and not made.is_alive("p2")
