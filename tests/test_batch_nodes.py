@@ -567,3 +567,21 @@ def test_as_tensors_adds_the_batch_dimension(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "torch", torch)
     image, mask = nodes._as_tensors(np.zeros((3, 4, 3)), np.zeros((3, 4)))
     assert image.shape == (1, 3, 4, 3) and mask.shape == (1, 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("selection", "stems"),
+    [
+        ({"start_index": 1}, ["img2", "img10"]),
+        ({"limit": 2}, ["img1", "img2"]),
+        ({"shard_index": 1, "shard_count": 2}, ["img2"]),
+        ({"shard_count": 2}, ["img1", "img10"]),
+    ],
+    ids=["start-index", "limit", "second-shard", "first-shard"],
+)
+def test_the_loader_goes_through_its_selection(
+    comfy: FakeComfy, photos: Path, selection: dict[str, int], stems: list[str]
+) -> None:
+    prompt = graph()
+    prompt[LOADER]["inputs"].update(selection)
+    assert run_batch(comfy, prompt) == stems
