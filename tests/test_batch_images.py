@@ -196,6 +196,18 @@ def test_broken_exif_keeps_the_picture(
     assert "EXIF orientation" in caplog.text
 
 
+def test_upright_images_are_not_copied_to_be_turned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def copying(image: Image.Image) -> Image.Image:
+        raise AssertionError("exif_transpose called for an image without orientation")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", copying)
+    pixels = np.random.default_rng(5).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    rgb, _ = load_image(save(Image.fromarray(pixels), tmp_path / "plain.png"))
+    assert np.array_equal(to_uint8(rgb), pixels)
+
+
 BAD_FILES: dict[str, Callable[[Path], Path]] = {
     "zero bytes.png": write(b""),
     "notes.png": write(b"this is not an image\n"),
