@@ -146,9 +146,11 @@ def test_removed_files_are_reported_missing_once_and_do_not_fail_the_batch(
     assert engine.counts("b1")["missing"] == 1
     assert "1 missing" in engine.summary("b1") and "1 missing" in engine.badge("b1")
     lines = read_report(engine.report_path("b1"))
-    assert [(line["source"], line["index"]) for line in lines if line["status"] == "missing"] == [
-        ("img2.png", None)
-    ]
+    assert [
+        (line["source"], line["index"], line["error"])
+        for line in lines
+        if line["status"] == "missing"
+    ] == [("img2.png", None, "no longer in the folder")]
     again = engine.begin("b1", source(folder), -1, "p9", LOADER)
     assert isinstance(again, Halt) and again.state == "complete"
     missing = [
