@@ -1,6 +1,10 @@
 """What the bridge costs a real ComfyUI: request rates with and without it, and its check.
 
 Run: python bench/bridge_overhead.py [--rounds 21] [--scale 1.0]    (about 100 s)
+     python bench/bridge_overhead.py --baseline-env COMFY_CLIENTID_BRIDGE_GUARD=0 --only browser
+       (the baseline server runs this package too, with the request guard off: the ratio is
+       then the guard's own cost; --only keeps the routes whose name contains the text and
+       skips part 2)
 
 1. Two ComfyUI servers run at once, one with this package and one with no custom node
    pack, each with its own temp folders. One client process drives both: per round and
@@ -257,9 +261,9 @@ async def rates(session: aiohttp.ClientSession, sides: list[Side], route: Route)
     return [route.count / seconds for seconds in spent]
 
 
-async def throughput(servers: dict[str, Comfy], rounds: int, scale: float) -> None:
-    table = routes(scale)
-    control = Route(f"{table[0].name} A/A control*", table[0].count, 0.98, table[0].send, 200)
+async def throughput(servers: dict[str, Comfy], rounds: int, scale: float, only: str) -> None:
+    table = [route for route in routes(scale) if only in route.name]
+    control = replace(table[0], name=f"{table[0].name} A/A control*", target=0.98)
     samples: dict[str, list[tuple[float, float]]] = {route.name: [] for route in [*table, control]}
     async with aiohttp.ClientSession() as session:
         tabs = {
@@ -282,6 +286,8 @@ async def throughput(servers: dict[str, Comfy], rounds: int, scale: float) -> No
                         await settle(session, comfy)
             first, second = await rates(session, [without, without], control)
             samples[control.name].append((first, second))
+            if control.queues:
+                await settle(session, servers["without"])
         for tab in tabs.values():
             await tab.close()
         await asyncio.gather(*listeners, return_exceptions=True)
@@ -423,7 +429,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies request counts")
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="the baseline server runs this package too, with these environment variables",
+    )
+    parser.add_argument("--only", default="", help="only the routes whose name contains this")
     options = parser.parse_args()
+    baseline_env = dict(item.split("=", 1) for item in options.baseline_env)
     found = find_comfyui()
     if isinstance(found, str):
         print(f"bridge_overhead: {found}")
@@ -434,14 +449,19 @@ def main() -> int:
         base = Path(work)
         with ExitStack() as stack:
             servers: dict[str, Comfy] = {}
-            for label, packs in (("without", []), ("with", [REPO])):
+            baseline = ([REPO], baseline_env) if baseline_env else ([], None)
+            for label, (packs, env) in (("without", baseline), ("with", ([REPO], None))):
                 root = base / label
-                servers[label] = stack.enter_context(running_comfyui(root, packs=packs))
+                servers[label] = stack.enter_context(running_comfyui(root, packs=packs, env=env))
             print(f"servers up in {time.monotonic() - started:.0f} s:")
-            print(f"  without: {servers['without'].url} (no custom node pack)")
+            what = f"this package with {baseline_env}" if baseline_env else "no custom node pack"
+            print(f"  without: {servers['without'].url} ({what})")
             print(f"  with:    {servers['with'].url} (this package)")
             print(f"  {pin([comfy.process.pid for comfy in servers.values()])}")
-            asyncio.run(throughput(servers, options.rounds, options.scale))
+            asyncio.run(throughput(servers, options.rounds, options.scale, options.only))
+        if options.only:
+            print(f"\ntotal {time.monotonic() - started:.0f} s")
+            return 0
         probe = base / "packs" / "cib_bench_probe"
         probe.mkdir(parents=True)
         (probe / "__init__.py").write_text(PROBE_PACK)
