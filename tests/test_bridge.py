@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -328,3 +329,70 @@ def test_a_widget_set_to_none_differs_from_a_missing_one() -> None:
     parent = record(None, {"1": ("Load", {"x": None})})
     child = record(None, {"1": ("Load", {})})
     assert changed_widgets(parent, child) == changed_widgets(child, parent) == {("1", "x")}
+
+
+NODE_DECISIONS = [
+    ({}, TAB_A, "rewrite", "no client_id; origin by executing prompt", TAB_A, "running-0"),
+    (
+        {"client_id": STALE},
+        TAB_A,
+        "rewrite",
+        "stale client_id; origin by executing prompt",
+        TAB_A,
+        "running-0",
+    ),
+    ({"client_id": TAB_B}, TAB_A, "keep", "names a connected client", TAB_B, None),
+    ({}, None, "untouched", "origin (executing prompt) has no client", None, "running-0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "origin_client", "action", "reason", "client", "origin_prompt"),
+    NODE_DECISIONS,
+    ids=["no-client", "stale-client", "live-client", "origin-without-client"],
+)
+async def test_each_decision_is_reported_as_it_was_made(
+    comfy_server: TestServer,
+    extra: dict[str, Any],
+    origin_client: str | None,
+    action: str,
+    reason: str,
+    client: str | None,
+    origin_prompt: str | None,
+) -> None:
+    comfy_of(comfy_server).running = running(origin_client)
+    before = time.time()
+    await post_from_thread(str(comfy_server.make_url("/prompt")), {"prompt": graph(1), **extra})
+    [entry] = bridge_of(comfy_server).recent
+    at = entry.pop("at")
+    assert isinstance(at, float) and before - 1 <= at <= time.time() + 1
+    assert entry == {
+        "action": action,
+        "reason": reason,
+        "prompt_id": "p1",
+        "status": 200,
+        "client": None if client is None else client[:8],
+        "origin_prompt_id": origin_prompt,
+        "thread": WORKER_THREAD,
+    }
+    assert bridge_of(comfy_server).counts[action] == 1
+
+
+async def test_a_re_queue_with_no_origin_is_left_as_sent(comfy_server: TestServer) -> None:
+    await post_from_thread(
+        str(comfy_server.make_url("/prompt")), {"prompt": graph(1)}, thread_name="Thread-7"
+    )
+    [entry] = bridge_of(comfy_server).recent
+    assert (entry["action"], entry["reason"], entry["origin_prompt_id"]) == (
+        "untouched",
+        "no origin prompt found",
+        None,
+    )
+    assert "client_id" not in comfy_of(comfy_server).received[-1]
+
+
+async def test_a_re_queue_remembers_what_its_origin_changed(comfy_server: TestServer) -> None:
+    comfy_of(comfy_server).running = running(TAB_A, 0)
+    await post_from_thread(str(comfy_server.make_url("/prompt")), {"prompt": graph(1)})
+    [child] = bridge_of(comfy_server).ledger.newest_first()
+    assert child.step == {("1", "color"), ("3", "index")}
