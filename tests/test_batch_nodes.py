@@ -585,3 +585,12 @@ def test_the_loader_goes_through_its_selection(
     prompt = graph()
     prompt[LOADER]["inputs"].update(selection)
     assert run_batch(comfy, prompt) == stems
+
+
+def test_the_shuffle_follows_the_seed_given_to_the_loader(comfy: FakeComfy, photos: Path) -> None:
+    for number in range(20, 40):
+        png(photos / f"img{number}.png")
+    prompt = graph()
+    prompt[LOADER]["inputs"].update(order="shuffle", shuffle_seed=7)
+    expected = engine_module.Source(photos, nodes.parse_patterns(""), True, "shuffle", 7).list()
+    assert load(prompt)["result"][2] == Path(expected[0]).stem
