@@ -26,7 +26,12 @@ from fake_comfy import (
     running,
 )
 
-from comfy_clientid_bridge.routing.lineage import PromptRecord, changed_widgets, closest_ancestor
+from comfy_clientid_bridge.routing.lineage import (
+    Ledger,
+    PromptRecord,
+    changed_widgets,
+    closest_ancestor,
+)
 
 PATHS = pytest.mark.parametrize("path", ["/prompt", "/api/prompt"], ids=["prompt", "api-prompt"])
 STALE = "f" * 32
@@ -396,3 +401,12 @@ async def test_a_re_queue_remembers_what_its_origin_changed(comfy_server: TestSe
     await post_from_thread(str(comfy_server.make_url("/prompt")), {"prompt": graph(1)})
     [child] = bridge_of(comfy_server).ledger.newest_first()
     assert child.step == {("1", "color"), ("3", "index")}
+
+
+def test_a_ledger_of_one_keeps_the_newest() -> None:
+    ledger = Ledger(size=1)
+    first, second = record(TAB_A, {}), record(TAB_B, {})
+    ledger.add(first), ledger.add(second)
+    assert ledger.newest_first() == [second]
+    with pytest.raises(ValueError, match="ledger size must be >= 1"):
+        Ledger(size=0)

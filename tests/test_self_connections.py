@@ -33,6 +33,7 @@ def test_own_connection_is_found_with_its_thread(listener: socket.socket) -> Non
     client, accepted = connect(registry, listener)
     found = registry.lookup(accepted.getpeername(), accepted.getsockname())
     assert found is not None and found.thread_name == threading.current_thread().name
+    assert (found.local, found.remote) == (accepted.getpeername(), accepted.getsockname())
     client.close(), accepted.close()
 
 
@@ -107,8 +108,10 @@ def test_tracking_is_bounded(listener: socket.socket) -> None:
         (("127.0.0.1", 5), ("127.0.0.1", 5)),
         ("/tmp/sock", None),
         (("h",), None),
+        (("127.0.0.1", "80"), None),
+        ((None, 80), None),
     ],
-    ids=["v4-mapped", "v6", "v4", "unix", "short"],
+    ids=["v4-mapped", "v6", "v4", "unix", "short", "port-not-int", "host-not-str"],
 )
 def test_normalize(address: object, expected: object) -> None:
     assert normalize(address) == expected
