@@ -77,14 +77,9 @@ def register() -> bool:
 
     Never raises: a failure here must not break ComfyUI's loading of custom nodes.
     """
-    try:
-        import server as _  # noqa: F401 - only ComfyUI has it
-    except ImportError:
-        logger.debug("clientid_bridge: not inside ComfyUI, nothing registered")
-        return False
     server = internals.prompt_server()
-    if server is None:
-        logger.warning("clientid_bridge: PromptServer.instance is missing; not registered")
+    if server is None:  # outside ComfyUI (a tool importing us), or no instance made yet
+        logger.debug("clientid_bridge: no PromptServer.instance; nothing registered")
         return False
     try:
         return _install(server)

@@ -23,6 +23,19 @@ from comfy_clientid_bridge.tools.launcher import (
     frontend_cells,
 )
 
+# A real server on a shared 2-core machine sometimes misses a timing (a Stop click landing
+# one image late under load): an integration test that fails gets one rerun, and fails the
+# run only if it fails twice. The unit tier gets none.
+INTEGRATION_RERUNS = 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.flaky(reruns=INTEGRATION_RERUNS, reruns_delay=2))
+
+
 COMFY_CELLS = comfyui_cells(os.environ)
 FRONTEND_CELLS = frontend_cells(os.environ)
 BROWSER_PAIRS = browser_pairs(os.environ)

@@ -14,9 +14,9 @@ const NEXT = PREFIX + "BatchNext";
 // Checked in the shipped bundles (2026-11-28): 1.27.10 and 1.35.9 have the pinia store
 // "execution" with `queuedPrompts` and the action `storePrompt({id, nodes, workflow})`, as
 // used here. 1.58.1 renamed them `queuedJobs` and `storeJob({id, nodes, workflow, ...})`:
-// there this code finds neither (adoptWorkflow throws a TypeError into the console on each
-// execution_start, nothing else breaks), and the browser test's workflow-tab switch still
-// passes on 1.58.1: that frontend keeps these outputs on their workflow without this code.
+// there this code finds neither and steps aside (it threw a TypeError into the console on each
+// execution_start before it checked), and the browser test's workflow-tab switch still passes
+// on 1.58.1: that frontend keeps these outputs on their workflow without this code.
 function executionStore() {
   const vueApp = document.querySelector("#vue-app")?.__vue_app__;
   return vueApp?.config.globalProperties.$pinia?._s.get("execution") ?? null;
@@ -27,7 +27,7 @@ const started = new Set();
 
 function adoptWorkflow(promptId) {
   const store = executionStore();
-  if (!store || !promptId) return;
+  if (!store?.queuedPrompts || !promptId) return; // 1.58 has queuedJobs and needs no help
   started.add(promptId);
   if (started.size > 1000) started.delete(started.values().next().value);
   const queued = (store.queuedPrompts[promptId] ??= { nodes: {} });
