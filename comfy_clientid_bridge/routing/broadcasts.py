@@ -83,9 +83,10 @@ def routing_send(send: Callable[..., Any], router: BroadcastRouter) -> Callable[
     """The async PromptServer.send(event, data, sid=None), routed the same way.
 
     Core's publish loop calls it on the server's thread for every queued message: those
-    pass through, since the router acts on the executor thread only."""
+    pass through, since the router acts on the executor thread only. A plain function that
+    hands back core's own coroutine: no extra coroutine per message."""
 
-    async def send_routed(event: Any, data: Any, sid: str | None = None) -> Any:
-        return await send(event, data, router.target(event, sid))
+    def send_routed(event: Any, data: Any, sid: str | None = None) -> Any:
+        return send(event, data, router.target(event, sid))
 
     return send_routed
