@@ -82,12 +82,6 @@ def fit_layout(item: Any, server: Any) -> Any:
     return (*item, {})
 
 
-def running_extra_data(server: Any) -> dict[str, Any] | None:
-    """The running prompt's extra_data (client_id, extra_pnginfo, ...); None when idle."""
-    fields = item_fields(running_item(server))
-    return None if fields is None else fields[2]
-
-
 def route_sends(
     server: Any,
     wrap_sync: Callable[[Callable[..., Any]], Callable[..., Any]],

@@ -106,9 +106,6 @@ def _install_credentials(server: Any) -> None:
     """Node code's re-queues carry their origin's credentials past auth packs; on even when
     the bridge is off, so our own Batch Next keeps going behind a login (README: Behind a
     login)."""
-    port = internals.listen_port()
-    if port is not None:
-        SELF_CONNECTIONS.watch_port(port)
     store = CredentialStore(is_live=lambda prompt_id: internals.is_prompt_alive(server, prompt_id))
     middleware = credentials_middleware(
         store=store,
@@ -127,6 +124,9 @@ def _install(server: Any) -> bool:
         logger.warning("clientid_bridge: the web app is frozen already; not registered")
         return False
     server.routes.get(STATUS_PATH)(status)
+    port = internals.listen_port()
+    if port is not None:  # the credentials carrier and the bridge both ask about this port
+        SELF_CONNECTIONS.watch_port(port)
     _install_batch(server)
     _install_credentials(server)
     install_request_guard(  # on even when the bridge is off: it keeps ComfyUI alive
@@ -148,9 +148,6 @@ def _install(server: Any) -> bool:
         is_connected=lambda client_id: internals.is_connected(server, client_id),
         is_worker_thread=internals.is_worker_thread,
     )
-    port = internals.listen_port()
-    if port is not None:
-        SELF_CONNECTIONS.watch_port(port)
     app[BRIDGE] = bridge
     app.middlewares.append(clientid_bridge_middleware(bridge=bridge, connections=SELF_CONNECTIONS))
     server.add_on_prompt_handler(bridge.on_prompt)
@@ -166,13 +163,9 @@ def _install(server: Any) -> bool:
 
 
 def running(server: Any) -> Running | None:
-    extra_data = internals.running_extra_data(server)
-    if extra_data is None:
-        return None
-    client_id = extra_data.get("client_id")
-    return Running(
-        client_id if isinstance(client_id, str) else None, extra_data.get("extra_pnginfo")
-    )
+    """The running prompt as a queue put is compared with it: the bridge's own reading."""
+    record = executing_prompt(server)
+    return None if record is None else Running(record.client_id, record.extra_pnginfo)
 
 
 def _extra_data_of(item: Any) -> dict[str, Any] | None:

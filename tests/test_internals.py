@@ -65,11 +65,11 @@ def test_running_item_and_its_fields() -> None:
     server = server_with([ITEM], [])
     assert internals.running_item(server) == ITEM
     assert internals.running_prompt_id(server) == "pid-1"
-    assert internals.running_extra_data(server) == {"client_id": "tab"}
+    assert internals.item_fields(internals.running_item(server))[2] == {"client_id": "tab"}  # type: ignore[index]
     idle = server_with([], [])
     assert internals.running_item(idle) is None
     assert internals.running_prompt_id(idle) is None
-    assert internals.running_extra_data(idle) is None
+    assert internals.item_fields(internals.running_item(idle)) is None
 
 
 @pytest.mark.parametrize(
