@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import _socket
+import asyncio
+import gc
 import socket
+import ssl
 import threading
 
 import pytest
 
+from comfy_clientid_bridge.routing import self_connections
 from comfy_clientid_bridge.routing.self_connections import SelfConnections, normalize
 
 
@@ -172,3 +177,85 @@ def test_closed_connections_go_before_open_ones(listener: socket.socket) -> None
     assert found(registry, oldest) and found(registry, newest)
     for client, accepted in (oldest, closed, newest):
         client.close(), accepted.close()
+
+
+def test_connect_ex_is_recorded_too(listener: socket.socket) -> None:
+    registry = SelfConnections()
+    registry.watch_port(listener.getsockname()[1])
+    client = socket.socket()
+    assert client.connect_ex(listener.getsockname()) == 0
+    accepted, _ = listener.accept()
+    assert found(registry, (client, accepted))
+    client.close(), accepted.close()
+
+
+def test_an_asyncio_connection_from_another_thread_carries_that_thread(
+    listener: socket.socket,
+) -> None:
+    """aiohttp and every asyncio client connect through loop.sock_connect -> sock.connect."""
+    registry = SelfConnections()
+    registry.watch_port(listener.getsockname()[1])
+    looked_up = threading.Event()
+
+    async def open_one() -> None:
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        await asyncio.get_running_loop().run_in_executor(None, looked_up.wait, 10)
+        writer.close()
+
+    worker = threading.Thread(target=asyncio.run, args=(open_one(),), name="Thread-9 (worker)")
+    worker.start()
+    accepted, _ = listener.accept()
+    connection = registry.lookup(accepted.getpeername(), accepted.getsockname())
+    looked_up.set(), worker.join()
+    assert connection is not None and connection.thread_name == "Thread-9 (worker)"
+    accepted.close()
+
+
+def test_a_tls_socket_is_recorded_before_its_handshake(listener: socket.socket) -> None:
+    """ssl.SSLSocket.connect goes through socket.socket.connect (super())."""
+    registry = SelfConnections()
+    registry.watch_port(listener.getsockname()[1])
+    context = ssl.create_default_context()
+    client = context.wrap_socket(
+        socket.socket(), server_hostname="localhost", do_handshake_on_connect=False
+    )
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    assert found(registry, (client, accepted))
+    client.close(), accepted.close()
+
+
+def test_a_failing_record_never_fails_the_connect(
+    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = SelfConnections()
+    registry.watch_port(listener.getsockname()[1])
+
+    def broken(sock: object, address: object) -> None:
+        raise RuntimeError("broken registry")
+
+    monkeypatch.setattr(registry, "record", broken)
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    assert client.getpeername() == accepted.getsockname()
+    client.close(), accepted.close()
+
+
+def test_connect_is_wrapped_once_however_many_registries_watch() -> None:
+    """No audit hook (it would be called for every id() in the process); one wrapper around
+    the stdlib connect, shared by every registry, so wrappers never pile up."""
+    registries = [SelfConnections() for _ in range(3)]
+    for port, registry in enumerate(registries, start=1):
+        registry.watch_port(port)
+    for name in ("connect", "connect_ex"):
+        assert getattr(socket.socket, name).__wrapped__ is getattr(_socket.socket, name)
+
+
+def test_collected_registries_are_let_go() -> None:
+    for port in range(1, 20):
+        SelfConnections().watch_port(port)
+    gc.collect()
+    kept = SelfConnections()
+    kept.watch_port(1)
+    assert all(ref() is not None for ref in self_connections._registries)
+    assert kept in [ref() for ref in self_connections._registries]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import socket
-import sys
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,11 +40,15 @@ def normalize(address: Any) -> Address | None:
 class SelfConnections:
     """Registry of sockets this process connected to one of the watched ports.
 
-    Filled by a `sys.addaudithook` hook on the documented `socket.connect` audit event,
-    which fires in the connecting thread for every Python socket (urllib, requests,
-    http.client, aiohttp, websocket-client all go through it). A request whose TCP peer
+    Filled by a wrapper around `socket.socket.connect` and `connect_ex`, which runs in
+    the connecting thread for every Python socket (urllib, requests, http.client, aiohttp,
+    asyncio, websocket-client and ssl all connect through them). A request whose TCP peer
     is the local end of one of these sockets was made from inside this process: a fact
     read from the two ends of one connection, not a guess from headers.
+
+    Not an audit hook (`sys.addaudithook` on `socket.connect`): a hook is called for every
+    audited event of the process, `id()` among them, and doubled the time of the
+    `copy.deepcopy` ComfyUI makes of each queued prompt (bench/programmatic_check.py).
 
     Sockets are indexed by their local address once connected, so a lookup costs one
     dict probe however many keep-alive connections the process holds, and two system
@@ -68,17 +73,17 @@ class SelfConnections:
         return len(self._connecting) + len(self._by_local)
 
     def watch_port(self, port: int) -> None:
-        """Track connections to `port`; installs the audit hook on first use."""
+        """Track connections to `port`; wraps `socket.socket`'s connects on first use."""
         if port in self._ports:
             return
         with self._lock:
             self._ports = self._ports | {port}
             if not self._hooked:
-                sys.addaudithook(_make_hook(weakref.ref(self)))
+                _watch_connects(self)
                 self._hooked = True
 
     def record(self, sock: object, address: object) -> None:
-        """Called from the audit hook, in the connecting thread."""
+        """Called by the connect wrapper, in the connecting thread, before the connect."""
         if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
             return
         target = normalize(address)
@@ -152,20 +157,40 @@ def _ends(sock: socket.socket | None) -> tuple[Address | None, Address | None] |
         return (None, None)
 
 
-def _make_hook(registry_ref: weakref.ref[SelfConnections]) -> Any:
-    # Audit hooks run for every audited event in the process and cannot be removed:
-    # keep the common path to one string comparison.
-    def hook(event: str, args: tuple[Any, ...]) -> None:
-        if event == "socket.connect":
-            registry = registry_ref()
+# The registries the connect wrappers record into; replaced whole under the lock, so a
+# connecting thread reads a consistent tuple without taking it.
+_registries: tuple[weakref.ref[SelfConnections], ...] = ()
+_registries_lock = threading.Lock()
+
+
+def _watch_connects(registry: SelfConnections) -> None:
+    """Records every connect into `registry` from now on. Wraps `socket.socket.connect`
+    and `connect_ex` once per process (the Python class that every stdlib, asyncio and ssl
+    socket is an instance of). Sockets that never call them (a C library's own,
+    `_socket.socket` used bare) are not seen: their requests count as a script's."""
+    global _registries
+    with _registries_lock:
+        alive = tuple(ref for ref in _registries if ref() is not None)
+        if not _registries:
+            for name in ("connect", "connect_ex"):
+                setattr(socket.socket, name, _recording(getattr(socket.socket, name)))
+        _registries = (*alive, weakref.ref(registry))
+
+
+def _recording(connect: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(connect)
+    def recorded_connect(sock: socket.socket, address: Any) -> Any:
+        for ref in _registries:
+            registry = ref()
             if registry is not None:
                 try:
-                    registry.record(args[0], args[1])
+                    registry.record(sock, address)
                 except Exception:  # noqa: S110 - raising here would fail the caller's connect()
                     pass
+        return connect(sock, address)
 
-    return hook
+    return recorded_connect
 
 
-# One per process: the audit hook is process-wide and permanent.
+# One per process: the connect wrappers are process-wide and stay for its life.
 SELF_CONNECTIONS = SelfConnections()
