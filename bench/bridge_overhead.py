@@ -16,8 +16,13 @@ Run: python bench/bridge_overhead.py [--rounds 21] [--scale 1.0]    (about 100 s
    the noise floor. POST /api/prompt is sent like a browser (Origin of the host, client_id
    of an open websocket) and like a script (neither), with a valid graph and with an
    unknown node (400). The valid graph (EmptyImage 8x8 -> PreviewImage) is really queued
-   and runs (cached after the first run, so each run is short); after each such route the
-   queue is cleared, the running prompt interrupted and both servers waited to be idle.
+   and runs (cached after the first run, so each run is short); after each such route both
+   servers are waited on until every queued prompt has run.
+   Next to the rates, each server's own CPU time per request (user + system of all its
+   threads, /proc/<pid>/stat, from the round's first request until its queue ran empty):
+   what a request costs the server, whichever thread spends it. The rate of a valid
+   /prompt also depends on how the handler and the executor thread, which runs the prompt
+   just queued, take turns on the GIL, which moves the rate without moving the CPU time.
 2. A third server with this package and a probe pack written to a temp dir at run time:
    its routes time `SELF_CONNECTIONS.lookup` (the programmatic check the middleware makes
    for every POST /prompt) and the bridge's on-prompt handler, from inside the process,
@@ -226,6 +231,23 @@ def routes(scale: float) -> list[Route]:
     ]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drain(session: aiohttp.ClientSession, comfy: Comfy) -> None:
+    """Waits until every queued prompt has run."""
+    for _ in range(1200):
+        async with session.get(f"{comfy.url}/api/queue") as answer:
+            queue = await answer.json()
+        if not queue["queue_running"] and not queue["queue_pending"]:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{comfy.url} did not run its queue empty")
+
+
 async def settle(session: aiohttp.ClientSession, comfy: Comfy) -> None:
     """Empties the queue, cuts the running prompt and waits until nothing runs."""
     async with session.post(f"{comfy.url}/api/queue", json={"clear": True}) as answer:
@@ -265,6 +287,7 @@ async def throughput(servers: dict[str, Comfy], rounds: int, scale: float, only:
     table = [route for route in routes(scale) if only in route.name]
     control = replace(table[0], name=f"{table[0].name} A/A control*", target=0.98)
     samples: dict[str, list[tuple[float, float]]] = {route.name: [] for route in [*table, control]}
+    cpu: dict[str, list[tuple[float, float]]] = {route.name: [] for route in table}
     async with aiohttp.ClientSession() as session:
         tabs = {
             label: await Tab(session, comfy.url, f"bench{label}").open()
@@ -279,15 +302,19 @@ async def throughput(servers: dict[str, Comfy], rounds: int, scale: float, only:
                 await settle(session, comfy)
         for _ in range(rounds):
             for route in table:
+                before = [cpu_seconds(side[0].process.pid) for side in (without, with_)]
                 rate_without, rate_with = await rates(session, [without, with_], route)
                 samples[route.name].append((rate_without, rate_with))
                 if route.queues:
                     for comfy in servers.values():
-                        await settle(session, comfy)
+                        await drain(session, comfy)
+                after = [cpu_seconds(side[0].process.pid) for side in (without, with_)]
+                spent = [(b - a) / route.count for a, b in zip(before, after, strict=True)]
+                cpu[route.name].append((spent[0], spent[1]))
             first, second = await rates(session, [without, without], control)
             samples[control.name].append((first, second))
             if control.queues:
-                await settle(session, servers["without"])
+                await drain(session, servers["without"])
         for tab in tabs.values():
             await tab.close()
         await asyncio.gather(*listeners, return_exceptions=True)
@@ -311,6 +338,24 @@ async def throughput(servers: dict[str, Comfy], rounds: int, scale: float, only:
             f"{'>= ' + format(route.target, '.2f'):>9}  {verdict}"
         )
     print("   * the server without packs against itself: the noise floor of this measurement")
+    print(
+        "\n   each server's own CPU time per request, median of the rounds (clock ticks of"
+        f" {1000 / os.sysconf('SC_CLK_TCK'):.0f} ms);\n   ratio = median of the rounds'"
+        " without/with ratios (1.0: the same cost; 0.95: 5% more CPU with the package)"
+    )
+    print(f"{'route':<36}{'without us':>12}{'with us':>10}{'ratio':>7}{'[q1   q3]':>15}")
+    for route in table:
+        pairs = [(a, b) for a, b in cpu[route.name] if a > 0 and b > 0]
+        if len(pairs) < 2:
+            print(f"{route.name:<36}  too few ticks")
+            continue
+        ratios = [a / b for a, b in pairs]
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        print(
+            f"{route.name:<36}{statistics.median(p[0] for p in pairs) * 1e6:>12.0f}"
+            f"{statistics.median(p[1] for p in pairs) * 1e6:>10.0f}"
+            f"{statistics.median(ratios):>7.3f}  [{q1:.3f} {q3:.3f}]"
+        )
 
 
 def summary(taken: list[tuple[int, bool]], matched: bool, *, checked: bool) -> str:
