@@ -27,7 +27,7 @@ from .routing.broadcasts import (
     routing_send,
     routing_send_sync,
 )
-from .routing.credentials import CredentialStore, credentials_middleware, place_outermost
+from .routing.credentials import CredentialsPart, CredentialStore, place_outermost
 from .routing.decisions import Bridge
 from .routing.guard import GUARD_SWITCH, QueueView, install_request_guard
 from .routing.lineage import PromptRecord
@@ -36,7 +36,9 @@ from .routing.middleware import (
     BROADCASTS,
     MARKER,
     QUEUE_PUTS,
-    clientid_bridge_middleware,
+    BridgePart,
+    PromptPart,
+    prompt_middleware,
     status,
 )
 from .routing.queue_puts import QueuePutRouter, Running, routing_put
@@ -102,18 +104,16 @@ def _install_batch(server: Any) -> None:
     server.app.middlewares.append(batch_cancel_middleware(control=control))
 
 
-def _install_credentials(server: Any) -> None:
+def _credentials_part(server: Any) -> CredentialsPart:
     """Node code's re-queues carry their origin's credentials past auth packs; on even when
     the bridge is off, so our own Batch Next keeps going behind a login (README: Behind a
     login)."""
     store = CredentialStore(is_live=lambda prompt_id: internals.is_prompt_alive(server, prompt_id))
-    middleware = credentials_middleware(
+    return CredentialsPart(
         store=store,
-        connections=SELF_CONNECTIONS,
         running_prompt_id=lambda: internals.running_prompt_id(server),
         is_worker_thread=internals.is_worker_thread,
     )
-    place_outermost(server.app, middleware)
 
 
 def _install(server: Any) -> bool:
@@ -128,8 +128,8 @@ def _install(server: Any) -> bool:
     if port is not None:  # the credentials carrier and the bridge both ask about this port
         SELF_CONNECTIONS.watch_port(port)
     _install_batch(server)
-    _install_credentials(server)
-    install_request_guard(  # on even when the bridge is off: it keeps ComfyUI alive
+    parts: list[PromptPart] = [_credentials_part(server)]
+    guard = install_request_guard(  # on even when the bridge is off: it keeps ComfyUI alive
         app,
         add_on_prompt_handler=server.add_on_prompt_handler,
         extra_data_stamped=internals.post_prompt_stamps_extra_data(),
@@ -140,16 +140,25 @@ def _install(server: Any) -> bool:
         wrap_put=lambda wrap: internals.route_queue_puts(server, wrap),
         switched_on=enabled(switch=GUARD_SWITCH),
     )
-    if not enabled():
+    if guard is not None:
+        parts.append(guard)
+    bridge = _install_bridge(server) if enabled() else None
+    if bridge is None:
         logger.info("clientid_bridge: off (%s); ComfyUI routes events as usual", ENV_SWITCH)
-        return False
+    else:
+        parts.append(BridgePart(bridge))
+    # One middleware for every part, outside auth packs' (the credentials part needs that).
+    place_outermost(app, prompt_middleware(parts=parts, connections=SELF_CONNECTIONS))
+    return bridge is not None
+
+
+def _install_bridge(server: Any) -> Bridge:
     bridge = Bridge(
         executing=lambda: executing_prompt(server),
         is_connected=lambda client_id: internals.is_connected(server, client_id),
         is_worker_thread=internals.is_worker_thread,
     )
-    app[BRIDGE] = bridge
-    app.middlewares.append(clientid_bridge_middleware(bridge=bridge, connections=SELF_CONNECTIONS))
+    server.app[BRIDGE] = bridge
     server.add_on_prompt_handler(bridge.on_prompt)
     logger.info("clientid_bridge: re-queued prompts now reach the tab that started them")
     if enabled(switch=ENV_BROADCASTS_SWITCH):
@@ -159,7 +168,7 @@ def _install(server: Any) -> bool:
             "clientid_bridge: broadcasts and queue puts left as they are (%s)",
             ENV_BROADCASTS_SWITCH,
         )
-    return True
+    return bridge
 
 
 def running(server: Any) -> Running | None:

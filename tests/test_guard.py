@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from comfy_clientid_bridge.routing.guard import (
     SLOT,
+    GuardPart,
     QueueView,
     Refused,
     Slot,
@@ -376,8 +377,8 @@ async def test_install_adds_the_handler_at_start_up(
         wrap_put=wrapped.append,
         switched_on=switched_on,
     )
-    assert installed == switched_on
-    assert len(app.middlewares) == switched_on and handlers == []
+    assert isinstance(installed, GuardPart) == switched_on and (installed is None) != switched_on
+    assert app.middlewares == [] and handlers == []  # the part joins the package's middleware
     assert wrapped == ([refusing_put] if switched_on else [])
     await aiohttp_client(app)  # starts the app: on_startup runs
     assert len(handlers) == switched_on

@@ -165,3 +165,28 @@ async def test_status_route_counts_routed_broadcasts_by_event_name() -> None:
     assert body["routed_broadcasts"] == {"executed": 1, "impact-add-queue": 1}
     assert body["queue_puts"] == {"rewrite": 1}
     assert body["kept_broadcast"] == ["status"]
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {register.ENV_SWITCH: "0"}, {register.GUARD_SWITCH: "0"}],
+    ids=["all-on", "bridge-off", "guard-off"],
+)
+def test_one_middleware_of_ours_and_it_is_outermost(
+    monkeypatch: pytest.MonkeyPatch, switches: dict[str, str]
+) -> None:
+    """Every part (credentials, guard, bridge) runs in one middleware frame, placed before
+    core's and any auth pack's, whatever is switched off."""
+    for name, value in switches.items():
+        monkeypatch.setenv(name, value)
+    server = fake_server()
+
+    @web.middleware
+    async def core(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await handler(request)
+
+    server.app.middlewares.append(core)
+    register._install(server)
+    mine = [m for m in server.app.middlewares if hasattr(m, MARKER)]
+    assert len(mine) == 1 and server.app.middlewares[0] is mine[0]
+    assert getattr(mine[0], MARKER) is (register.ENV_SWITCH not in switches)

@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Middleware
 from multidict import CIMultiDict
 
-from .middleware import DEFAULT_PROMPT_PATHS, _prompt_id
-from .self_connections import SelfConnections, normalize
+from .middleware import DEFAULT_PROMPT_PATHS, PartExit, _prompt_id, prompt_middleware
+from .self_connections import SelfConnection, SelfConnections
 
 # The query parameter ComfyUI-Login accepts instead of a Bearer header (password.py).
 TOKEN_PARAM = "token"
@@ -122,6 +122,49 @@ class CredentialStore:
             del self._records[prompt_id]
 
 
+class CredentialsPart:
+    """On POST /prompt: a request from node code on the executor thread that carries no
+    credentials gets those of the prompt running there, if that prompt's submission carried
+    any. Every accepted submission's credentials (as the handler saw them) are remembered
+    under its prompt id, so a chain of re-queues keeps them. Its middleware must run
+    outside auth packs' (see `place_outermost`)."""
+
+    def __init__(
+        self,
+        *,
+        store: CredentialStore,
+        running_prompt_id: Callable[[], str | None],
+        is_worker_thread: Callable[[str], bool],
+    ) -> None:
+        self.store = store
+        self.running_prompt_id = running_prompt_id
+        self.is_worker_thread = is_worker_thread
+
+    def enter(
+        self, request: web.Request, connection: SelfConnection | None
+    ) -> tuple[web.Request, PartExit | None]:
+        credentials = Credentials.of(request)
+        if credentials is None:
+            credentials = self._origin_credentials(connection)
+            if credentials is None:
+                return request, None
+            request = credentials.given_to(request)
+
+        def remember(response: web.StreamResponse | None) -> None:
+            # Only an accepted prompt is answered with its id (ComfyUI's post_prompt).
+            prompt_id = None if response is None else _prompt_id(response)
+            if prompt_id is not None:
+                self.store.remember(prompt_id, credentials)
+
+        return request, remember
+
+    def _origin_credentials(self, connection: SelfConnection | None) -> Credentials | None:
+        if connection is None or not self.is_worker_thread(connection.thread_name):
+            return None  # a browser, a script, a remote client, or a thread of unknown origin
+        origin = self.running_prompt_id()
+        return None if origin is None else self.store.of_prompt(origin)
+
+
 def credentials_middleware(
     *,
     store: CredentialStore,
@@ -130,48 +173,11 @@ def credentials_middleware(
     is_worker_thread: Callable[[str], bool],
     prompt_paths: Iterable[str] = DEFAULT_PROMPT_PATHS,
 ) -> Middleware:
-    """Builds the middleware; it must run outside auth packs' (see `place_outermost`).
-
-    On POST to `prompt_paths` only: a request from node code on the executor thread that
-    carries no credentials gets those of the prompt running there, if that prompt's
-    submission carried any. Every accepted submission's credentials (as the handler saw
-    them) are remembered under its prompt id, so a chain of re-queues keeps them.
-    """
-    paths = frozenset(prompt_paths)
-    if not paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
-        raise ValueError(f"prompt_paths must be absolute paths like '/prompt', got {paths!r}")
-
-    def origin_credentials(request: web.Request) -> Credentials | None:
-        transport = request.transport
-        if transport is None:
-            return None
-        sockname = transport.get_extra_info("sockname")
-        here = normalize(sockname)
-        if here is not None and here[1] not in connections.ports:
-            connections.watch_port(here[1])  # the port we actually serve on
-        connection = connections.lookup(transport.get_extra_info("peername"), sockname)
-        if connection is None or not is_worker_thread(connection.thread_name):
-            return None  # a browser, a script, a remote client, or a thread of unknown origin
-        origin = running_prompt_id()
-        return None if origin is None else store.of_prompt(origin)
-
-    @web.middleware
-    async def carry_credentials(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or request.path not in paths:
-            return await handler(request)
-        credentials = Credentials.of(request)
-        if credentials is None:
-            credentials = origin_credentials(request)
-            if credentials is not None:
-                request = credentials.given_to(request)
-        response = await handler(request)
-        # Only an accepted prompt is answered with its id (ComfyUI's post_prompt).
-        prompt_id = None if credentials is None else _prompt_id(response)
-        if credentials is not None and prompt_id is not None:
-            store.remember(prompt_id, credentials)
-        return response
-
-    return carry_credentials
+    """The carrier's part alone in the package's middleware."""
+    part = CredentialsPart(
+        store=store, running_prompt_id=running_prompt_id, is_worker_thread=is_worker_thread
+    )
+    return prompt_middleware(parts=[part], connections=connections, prompt_paths=prompt_paths)
 
 
 def place_outermost(app: web.Application, middleware: Middleware) -> None:

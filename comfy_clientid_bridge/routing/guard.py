@@ -14,8 +14,9 @@ middleware opened for the request, and hands core the body defused (no client_id
 extra_data, no prompt_id of its own). Core then validates the graph as always: an invalid
 graph gets core's own 400, byte for byte, as the defused fields play no part in it. A valid
 one reaches `prompt_queue.put`, which we wrap: for a request with a noted refusal it raises
-`Refused` instead of queueing, and the middleware answers our 400. Should the wrapper be
-missing, the defused body is what runs, and it harms nobody.
+`Refused` instead of queueing, and the package's middleware (routing/middleware.py, where
+the guard is one part) answers our 400. Should the wrapper be missing, the defused body is
+what runs, and it harms nobody.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Middleware
+
+from .middleware import DEFAULT_PROMPT_PATHS, Answered, PartExit, prompt_middleware
+from .self_connections import SelfConnection
 
 logger = logging.getLogger(__name__)
 
 # Its own switch: the bridge's (COMFY_CLIENTID_BRIDGE=0) turns routing off, not this.
 GUARD_SWITCH = "COMFY_CLIENTID_BRIDGE_GUARD"
-
-# ComfyUI registers each route twice: as written and under /api (server.add_routes).
-DEFAULT_PROMPT_PATHS = ("/prompt", "/api/prompt")
 
 JSON_TYPES: dict[type, str] = {
     dict: "an object",
@@ -166,12 +167,16 @@ def refusal(body: Any, *, extra_data_stamped: bool = True) -> dict[str, Any] | N
     return None
 
 
-class Refused(Exception):
+class Refused(Answered):
     """Raised by the queue's put for a request whose body the guard refused."""
 
     def __init__(self, answer: dict[str, Any]) -> None:
         super().__init__(answer["error"]["details"])
         self.answer = answer
+
+    def response(self) -> web.StreamResponse:
+        logger.warning("clientid_bridge: refused a prompt: %s", self)
+        return web.json_response(self.answer, status=400)
 
 
 @dataclass
@@ -233,26 +238,20 @@ def guard_on_prompt(
     return on_prompt
 
 
-def request_guard_middleware(*, paths: Iterable[str] = DEFAULT_PROMPT_PATHS) -> Middleware:
-    """Answers a refused body with 400 in ComfyUI's error shape; all else passes untouched."""
-    prompt_paths = frozenset(paths)
-    if not prompt_paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
-        raise ValueError(f"paths must be absolute paths like '/prompt', got {prompt_paths!r}")
+class GuardPart:
+    """Opens the request's slot for the on-prompt handler and the queue's put."""
 
-    @web.middleware
-    async def request_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in prompt_paths:
-            return await handler(request)
+    def enter(
+        self, request: web.Request, connection: SelfConnection | None
+    ) -> tuple[web.Request, PartExit]:
         token = SLOT.set(Slot())
-        try:
-            return await handler(request)
-        except Refused as refused:
-            logger.warning("clientid_bridge: refused a prompt: %s", refused)
-            return web.json_response(refused.answer, status=400)
-        finally:
-            SLOT.reset(token)
+        return request, lambda response: SLOT.reset(token)
 
-    return request_guard
+
+def request_guard_middleware(*, paths: Iterable[str] = DEFAULT_PROMPT_PATHS) -> Middleware:
+    """The guard's part alone in the package's middleware: a refused body gets 400 in
+    ComfyUI's error shape; all else passes untouched."""
+    return prompt_middleware(parts=[GuardPart()], connections=None, prompt_paths=paths)
 
 
 def install_request_guard(
@@ -263,18 +262,18 @@ def install_request_guard(
     queue: QueueView,
     wrap_put: Callable[[Callable[[Callable[[Any], Any]], Callable[[Any], Any]]], None],
     switched_on: bool,
-) -> bool:
-    """Installs the middleware and the put wrapper now and the on-prompt handler at
-    start-up, after every pack's (so it judges the body core will use); True when installed."""
+) -> GuardPart | None:
+    """Installs the put wrapper now and the on-prompt handler at start-up, after every
+    pack's (so it judges the body core will use); the part for the package's middleware,
+    None when switched off."""
     if not switched_on:
         logger.info("clientid_bridge: request guard off (%s)", GUARD_SWITCH)
-        return False
+        return None
     handler = guard_on_prompt(extra_data_stamped=extra_data_stamped, queue=queue)
 
     async def add_handler_last(_: web.Application) -> None:
         add_on_prompt_handler(handler)
 
     wrap_put(refusing_put)
-    app.middlewares.append(request_guard_middleware())
     app.on_startup.append(add_handler_last)
-    return True
+    return GuardPart()

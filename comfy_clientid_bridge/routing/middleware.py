@@ -1,9 +1,17 @@
-"""aiohttp middleware that marks /prompt submissions made from inside the server process."""
+"""The package's one aiohttp middleware on POST /prompt, and the bridge's part in it.
+
+Three parts act on a /prompt request: the credentials carrier (routing/credentials.py),
+the request guard (routing/guard.py) and the bridge (below). They run in one middleware
+frame, not three: each is a `PromptPart` whose `enter` sees the request (and whether node
+code of this process made it) before ComfyUI's handler, and whose exit sees the answer.
+The self-connection lookup is made once for all of them.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -11,7 +19,7 @@ from aiohttp.typedefs import Handler, Middleware
 from .broadcasts import BroadcastRouter
 from .decisions import PENDING, Bridge, Pending
 from .queue_puts import QueuePutRouter
-from .self_connections import SelfConnections, normalize
+from .self_connections import SelfConnection, SelfConnections, normalize
 
 BRIDGE = web.AppKey("comfy_clientid_bridge.bridge", Bridge)
 BROADCASTS = web.AppKey("comfy_clientid_bridge.broadcasts", BroadcastRouter)
@@ -20,8 +28,103 @@ QUEUE_PUTS = web.AppKey("comfy_clientid_bridge.queue_puts", QueuePutRouter)
 # ComfyUI registers each route twice: as written and under /api (server.add_routes).
 DEFAULT_PROMPT_PATHS = ("/prompt", "/api/prompt")
 
-# Set on what we install, so a second import of the package can see it is there already.
+# Set on our middleware, so a second copy of the package (imported under another name) can
+# see it is there already: True when the bridge is one of its parts.
 MARKER = "__clientid_bridge__"
+
+# What a part's exit is handed: ComfyUI's answer, or None when the handler raised.
+PartExit = Callable[[web.StreamResponse | None], None]
+
+
+class PromptPart(Protocol):
+    def enter(
+        self, request: web.Request, connection: SelfConnection | None
+    ) -> tuple[web.Request, PartExit | None]:
+        """Before ComfyUI's handler: the request to go on with, and what to call after."""
+        ...
+
+
+class Answered(Exception):
+    """Raised inside ComfyUI's handler (by a hook of a part) to answer the request itself."""
+
+    def response(self) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+def prompt_paths_checked(paths: Iterable[str], name: str = "prompt_paths") -> frozenset[str]:
+    checked = frozenset(paths)
+    if not checked or not all(isinstance(p, str) and p.startswith("/") for p in checked):
+        raise ValueError(f"{name} must be absolute paths like '/prompt', got {checked!r}")
+    return checked
+
+
+def self_connection(request: web.Request, connections: SelfConnections) -> SelfConnection | None:
+    """The socket of this process at the other end of the request, if node code made it."""
+    transport = request.transport
+    if transport is None:
+        return None
+    sockname = transport.get_extra_info("sockname")
+    here = normalize(sockname)
+    if here is not None and here[1] not in connections.ports:
+        connections.watch_port(here[1])  # learn the port we actually serve on
+    return connections.lookup(transport.get_extra_info("peername"), sockname)
+
+
+def prompt_middleware(
+    *,
+    parts: Sequence[PromptPart],
+    connections: SelfConnections | None,
+    prompt_paths: Iterable[str] = DEFAULT_PROMPT_PATHS,
+) -> Middleware:
+    """One middleware for every part; only POSTs to `prompt_paths` are looked at, all else
+    passes. `connections` None: no part needs to know whether node code made the request."""
+    paths = prompt_paths_checked(prompt_paths)
+    steps = tuple(parts)
+
+    @web.middleware
+    async def clientid_bridge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method != "POST" or request.path not in paths:
+            return await handler(request)
+        connection = None if connections is None else self_connection(request, connections)
+        exits: list[PartExit] = []
+        response: web.StreamResponse | None = None
+        try:
+            for part in steps:
+                request, on_exit = part.enter(request, connection)
+                if on_exit is not None:
+                    exits.append(on_exit)
+            try:
+                response = await handler(request)
+            except Answered as answered:
+                response = answered.response()
+        finally:
+            for on_exit in reversed(exits):
+                on_exit(response)
+        return response
+
+    setattr(clientid_bridge, MARKER, any(isinstance(part, BridgePart) for part in steps))
+    return clientid_bridge
+
+
+class BridgePart:
+    """Marks the request with whether node code made it; the bridge's on-prompt handler
+    reads that mark, and its decision is settled once ComfyUI has answered."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def enter(
+        self, request: web.Request, connection: SelfConnection | None
+    ) -> tuple[web.Request, PartExit]:
+        pending = Pending(connection)  # connection None: a browser, a script, a remote client
+        token = PENDING.set(pending)
+
+        def settle(response: web.StreamResponse | None) -> None:
+            PENDING.reset(token)
+            if response is not None:
+                self.bridge.settle(pending, response.status, lambda: _prompt_id(response))
+
+        return request, settle
 
 
 def clientid_bridge_middleware(
@@ -30,34 +133,10 @@ def clientid_bridge_middleware(
     connections: SelfConnections,
     prompt_paths: Iterable[str] = DEFAULT_PROMPT_PATHS,
 ) -> Middleware:
-    """Builds the middleware; only POSTs to `prompt_paths` are looked at, all else passes."""
-    paths = frozenset(prompt_paths)
-    if not paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
-        raise ValueError(f"prompt_paths must be absolute paths like '/prompt', got {paths!r}")
-
-    @web.middleware
-    async def clientid_bridge(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method != "POST" or request.path not in paths:
-            return await handler(request)
-        transport = request.transport
-        if transport is None:
-            return await handler(request)
-        sockname = transport.get_extra_info("sockname")
-        here = normalize(sockname)
-        if here is not None and here[1] not in connections.ports:
-            connections.watch_port(here[1])  # learn the port we actually serve on
-        connection = connections.lookup(transport.get_extra_info("peername"), sockname)
-        pending = Pending(connection)  # connection None: a browser, a script, a remote client
-        token = PENDING.set(pending)
-        try:
-            response = await handler(request)
-        finally:
-            PENDING.reset(token)
-        bridge.settle(pending, response.status, lambda: _prompt_id(response))
-        return response
-
-    setattr(clientid_bridge, MARKER, True)
-    return clientid_bridge
+    """The bridge's part alone in the package's middleware."""
+    return prompt_middleware(
+        parts=[BridgePart(bridge)], connections=connections, prompt_paths=prompt_paths
+    )
 
 
 def _prompt_id(response: web.StreamResponse) -> str | None:

@@ -1,0 +1,174 @@
+"""The package's one middleware on POST /prompt: its parts, in order, around ComfyUI's handler."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from comfy_clientid_bridge.routing.decisions import PENDING
+from comfy_clientid_bridge.routing.middleware import (
+    MARKER,
+    Answered,
+    BridgePart,
+    PartExit,
+    prompt_middleware,
+)
+from comfy_clientid_bridge.routing.self_connections import SelfConnection, SelfConnections
+
+Client = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+SEEN = web.AppKey("seen", list)
+
+
+class Recorder:
+    """A part that logs its enter and what its exit was handed."""
+
+    def __init__(self, name: str, log: list[Any], *, exits: bool = True) -> None:
+        self.name, self.log, self.exits = name, log, exits
+
+    def enter(
+        self, request: web.Request, connection: SelfConnection | None
+    ) -> tuple[web.Request, PartExit | None]:
+        self.log.append(("enter", self.name, connection))
+        if not self.exits:
+            return request, None
+        return request, lambda response: self.log.append(
+            ("exit", self.name, None if response is None else response.status)
+        )
+
+
+class Teapot(Answered):
+    def response(self) -> web.StreamResponse:
+        return web.json_response({"answered": "by a part"}, status=418)
+
+
+class CountingConnections(SelfConnections):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups = 0
+
+    def lookup(self, peername: object, sockname: object) -> SelfConnection | None:
+        self.lookups += 1
+        return super().lookup(peername, sockname)
+
+
+def app_with(parts: list[Any], behaviour: str = "ok", connections: Any = None) -> web.Application:
+    app = web.Application(middlewares=[prompt_middleware(parts=parts, connections=connections)])
+    app[SEEN] = []
+
+    async def post_prompt(request: web.Request) -> web.Response:
+        app[SEEN].append(PENDING.get())
+        if behaviour == "answered":
+            raise Teapot()
+        if behaviour == "crash":
+            raise RuntimeError("core crashed")
+        return web.json_response({"prompt_id": "p1"})
+
+    app.router.add_post("/prompt", post_prompt)
+    app.router.add_post("/queue", post_prompt)
+    app.router.add_get("/prompt", post_prompt)
+    return app
+
+
+async def test_parts_enter_in_order_and_exit_in_reverse_with_the_answer(
+    aiohttp_client: Client,
+) -> None:
+    log: list[Any] = []
+    parts = [Recorder("a", log), Recorder("b", log, exits=False), Recorder("c", log)]
+    client = await aiohttp_client(app_with(parts))
+    assert (await client.post("/prompt", json={})).status == 200
+    assert log == [
+        ("enter", "a", None),
+        ("enter", "b", None),
+        ("enter", "c", None),
+        ("exit", "c", 200),
+        ("exit", "a", 200),
+    ]
+
+
+async def test_an_answered_exception_becomes_the_answer_every_exit_sees(
+    aiohttp_client: Client,
+) -> None:
+    log: list[Any] = []
+    client = await aiohttp_client(app_with([Recorder("a", log)], "answered"))
+    answer = await client.post("/prompt", json={})
+    assert (answer.status, await answer.json()) == (418, {"answered": "by a part"})
+    assert log[-1] == ("exit", "a", 418)
+
+
+async def test_a_crash_in_core_reaches_the_exits_as_no_answer_and_propagates(
+    aiohttp_client: Client,
+) -> None:
+    log: list[Any] = []
+    client = await aiohttp_client(app_with([Recorder("a", log)], "crash"))
+    assert (await client.post("/prompt", json={})).status == 500  # aiohttp's, as without us
+    assert log[-1] == ("exit", "a", None)
+
+
+async def test_a_failing_enter_still_runs_the_exits_of_the_parts_before_it(
+    aiohttp_client: Client,
+) -> None:
+    log: list[Any] = []
+
+    class Broken:
+        def enter(self, request: web.Request, connection: Any) -> Any:
+            raise RuntimeError("broken part")
+
+    client = await aiohttp_client(app_with([Recorder("a", log), Broken()]))
+    assert (await client.post("/prompt", json={})).status == 500
+    assert log == [("enter", "a", None), ("exit", "a", None)]
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/prompt"), ("POST", "/queue")])
+async def test_other_methods_and_paths_meet_no_part(
+    aiohttp_client: Client, method: str, path: str
+) -> None:
+    log: list[Any] = []
+    client = await aiohttp_client(app_with([Recorder("a", log)]))
+    assert (await client.request(method, path, json={})).status == 200
+    assert log == []
+
+
+async def test_the_self_connection_is_looked_up_once_for_all_parts(
+    aiohttp_client: Client,
+) -> None:
+    log: list[Any] = []
+    connections = CountingConnections()
+    parts = [Recorder("a", log), Recorder("b", log)]
+    client = await aiohttp_client(app_with(parts, connections=connections))
+    await client.post("/prompt", json={})
+    assert connections.lookups == 1
+    assert client.port in connections.ports  # the port served on is learnt
+
+
+async def test_the_bridge_part_marks_the_request_and_clears_the_mark(
+    aiohttp_client: Client,
+) -> None:
+    settled: list[Any] = []
+
+    class Bridge:
+        def settle(self, pending: Any, status: int, prompt_id_of: Any) -> None:
+            settled.append((pending, status, prompt_id_of()))
+
+    app = app_with([BridgePart(Bridge())])  # type: ignore[arg-type]
+    client = await aiohttp_client(app)
+    await client.post("/prompt", json={})
+    (pending,) = app[SEEN]
+    assert pending is not None and pending.connection is None  # not node code's
+    assert settled == [(pending, 200, "p1")]
+    assert PENDING.get() is None
+
+
+def test_the_marker_says_whether_the_bridge_is_a_part() -> None:
+    bridge_part = BridgePart(object())  # type: ignore[arg-type]
+    assert getattr(prompt_middleware(parts=[bridge_part], connections=None), MARKER) is True
+    assert getattr(prompt_middleware(parts=[Recorder("a", [])], connections=None), MARKER) is False
+
+
+@pytest.mark.parametrize("paths", [(), ("prompt",), (1,)], ids=["none", "relative", "not-str"])
+def test_bad_paths_are_refused(paths: Any) -> None:
+    with pytest.raises(ValueError, match="absolute paths"):
+        prompt_middleware(parts=[], connections=None, prompt_paths=paths)
