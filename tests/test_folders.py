@@ -194,3 +194,42 @@ def test_saver_base_is_resolved(tree: Path, typed: str) -> None:
     """The saver names what it wrote relative to this base; its targets are resolved."""
     base, _ = output_base(typed.format(tree=tree), policy(tree, enforced=False))
     assert base == (tree / "output" / "run").resolve()
+
+
+def test_roots_keep_spaces_and_hashes_where_they_belong(tmp_path: Path) -> None:
+    """A file line ends at its first '#'; the env var has no comments (a folder may hold a
+    '#'); spaces inside a folder name are kept in both."""
+    roots_file = tmp_path / "roots.txt"
+    roots_file.write_text("/srv/team share  # shared # by two teams\n")
+    environ = {ROOTS_ENV: "/data/run#2"}
+    assert configured_roots(environ, roots_file) == [Path("/data/run#2"), Path("/srv/team share")]
+
+
+def test_a_root_that_is_gone_allows_nothing(tmp_path: Path) -> None:
+    """A configured root deleted since: a real folder elsewhere is still outside it."""
+    (tmp_path / "elsewhere").mkdir()
+    assert not is_inside(tmp_path / "elsewhere", [tmp_path / "gone"])
+
+
+def test_the_error_names_the_setting_the_folder_and_the_fix(tree: Path) -> None:
+    with pytest.raises(ValueError) as refused:
+        output_base(f"{tree}/private", policy(tree))
+    message = str(refused.value)
+    assert message.startswith(f"output_folder {str(tree / 'private')!r} resolves to ")
+    assert ROOTS_ENV in message and "roots.txt" in message
+    with pytest.raises(ValueError) as refused:
+        resolve_input_folder("../private", policy(tree))
+    assert str(refused.value).startswith(f"folder {str(tree / 'input' / '../private')!r} ")
+
+
+def test_the_running_servers_policy_names_its_roots_file(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(folders.internals, "temp_directory", lambda: tree / "temp")
+    monkeypatch.setattr(folders.internals, "user_directory", lambda: tree / "user")
+    monkeypatch.setattr(folders.internals, "listen_addresses", lambda: ["0.0.0.0"])
+    (tree / "user" / "clientid_bridge").mkdir(parents=True)
+    (tree / "user" / "clientid_bridge" / "roots.txt").write_text(f"{tree}/Shared\n")
+    current = folders.current_policy({})
+    assert current.enforced and (tree / "Shared").resolve() in current.roots
+    assert str(tree / "user" / "clientid_bridge" / "roots.txt") in current.allow_hint

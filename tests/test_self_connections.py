@@ -7,7 +7,10 @@ import asyncio
 import gc
 import socket
 import ssl
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -259,3 +262,69 @@ def test_collected_registries_are_let_go() -> None:
     kept.watch_port(1)
     assert all(ref() is not None for ref in self_connections._registries)
     assert kept in [ref() for ref in self_connections._registries]
+
+
+FRESH_PROCESS = """
+import _socket, socket, sys
+from comfy_clientid_bridge.routing.self_connections import SelfConnections
+listener = socket.create_server(("127.0.0.1", 0))
+assert socket.socket.connect is _socket.socket.connect  # nothing wrapped before a watch
+registries = [SelfConnections(), SelfConnections()]
+for registry in registries:
+    registry.watch_port(listener.getsockname()[1])
+for name in ("connect", "connect_ex"):
+    assert getattr(socket.socket, name).__wrapped__ is getattr(_socket.socket, name), name
+by_connect = socket.create_connection(listener.getsockname())
+by_connect_ex = socket.socket()
+assert by_connect_ex.connect_ex(listener.getsockname()) == 0
+for client in (by_connect, by_connect_ex):
+    accepted, _ = listener.accept()
+    for registry in registries:
+        assert registry.lookup(accepted.getpeername(), accepted.getsockname()) is not None
+print("ok")
+"""
+
+
+def test_a_fresh_process_wraps_both_connects_once_for_every_registry() -> None:
+    """In a process of its own: the wrappers are installed by the first watch only."""
+    root = Path(self_connections.__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert (out.returncode, out.stdout.strip()) == (0, "ok"), out.stderr
+
+
+def test_a_datagram_socket_is_not_tracked(listener: socket.socket) -> None:
+    registry = SelfConnections()
+    registry.watch_port(listener.getsockname()[1])
+    datagram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    datagram.connect(listener.getsockname())
+    assert len(registry) == 0
+    datagram.close()
+
+
+def test_a_lookup_without_our_end_leaves_the_connection_known(listener: socket.socket) -> None:
+    registry = SelfConnections()
+    client, accepted = connect(registry, listener)
+    assert found(registry, (client, accepted))
+    assert registry.lookup(accepted.getpeername(), None) is None
+    assert found(registry, (client, accepted))
+    client.close(), accepted.close()
+
+
+def test_room_is_made_only_beyond_the_bound(listener: socket.socket) -> None:
+    """At the bound nothing is dropped, not even a closed connection: the bound is a cap."""
+    registry = SelfConnections(max_tracked=2)
+    first = connect(registry, listener)
+    first[0].close()
+    second = connect(registry, listener)
+    assert len(registry) == 2
+    for sock in (*first, *second):
+        sock.close()
+
+
+def test_watching_a_second_port_registers_the_registry_once(listener: socket.socket) -> None:
+    registry = SelfConnections()
+    registry.watch_port(listener.getsockname()[1])
+    registry.watch_port(1)
+    assert [ref() for ref in self_connections._registries].count(registry) == 1
