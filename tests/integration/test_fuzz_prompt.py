@@ -570,6 +570,14 @@ def exception_line(block: str) -> str:
     return next((line for line in block.splitlines() if line and line[0] != " "), "?")
 
 
+def ran_a_node(frames: list[tuple[str, str]]) -> bool:
+    """A node failing while its prompt runs (core logs "Exception during processing").
+    Whether a node runs at all depends on ComfyUI's cache: a body the guard refused never
+    runs on our server, while its defused twin ran on core alone's, so the next prompt of
+    the same graph runs its nodes on one server and is served from the cache on the other."""
+    return any(file.endswith("execution.py") for file, _ in frames)
+
+
 def test_no_traceback_from_inside_the_bridge(pair: Pair) -> None:
     """The bridge raised nothing and added no error of its own (after the fuzzing, if run)."""
     for body in (b"{not json", b'{"prompt": {}, "number": "x"}', b"[" * 100_000):
@@ -585,9 +593,14 @@ def test_no_traceback_from_inside_the_bridge(pair: Pair) -> None:
         assert "comfy_clientid_bridge" not in frames[-1][0], block  # never raised by us
         # Our frames only as middlewares passing ComfyUI's own error through.
         ours += sum("comfy_clientid_bridge" in file for file, _ in frames)
-        with_errors[exception_line(block)] += 1
-    without_errors = Counter(exception_line(block) for block in tracebacks(without_log))
-    # The same errors (ComfyUI's own 500s on bad bodies) on both servers, no more.
+        if not ran_a_node(frames):
+            with_errors[exception_line(block)] += 1
+    without_errors = Counter(
+        exception_line(block)
+        for block in tracebacks(without_log)
+        if not ran_a_node(FRAME.findall(block))
+    )
+    # The same request errors (ComfyUI's own 500s on bad bodies) on both servers, no more.
     assert with_errors == without_errors
     assert sum(with_errors.values()) >= 3 and ours >= 3  # the bad bodies went through us
 
