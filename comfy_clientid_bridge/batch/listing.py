@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import posixpath
@@ -68,14 +69,21 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
         raise ValueError(f"invalid file pattern {pattern!r}: {error}") from None
 
 
-def _matches(rel: str, compiled: Sequence[tuple[bool, re.Pattern[str]]], recursive: bool) -> bool:
-    name = rel.rpartition("/")[2]
-    for has_slash, regex in compiled:
-        if has_slash and regex.fullmatch(rel):
-            return True
-        if not has_slash and (recursive or "/" not in rel) and regex.fullmatch(name):
-            return True
-    return False
+def _combined(regexes: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
+    """One regex for several globs: a file is matched once, not once per pattern."""
+    if not regexes:
+        return None
+    return re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.IGNORECASE | re.DOTALL)
+
+
+def _matches(
+    rel: str, by_path: re.Pattern[str] | None, by_name: re.Pattern[str] | None, recursive: bool
+) -> bool:
+    if by_path is not None and by_path.fullmatch(rel):
+        return True
+    if by_name is None or (not recursive and "/" in rel):
+        return False
+    return by_name.fullmatch(rel.rpartition("/")[2]) is not None
 
 
 def _dir_id(directory: Path) -> _DirId:
@@ -86,7 +94,9 @@ def _dir_id(directory: Path) -> _DirId:
 def _scan(directory: Path) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(directory) as entries:
-            return sorted(entries, key=lambda entry: entry.name)
+            # In the file system's order: every caller sorts the result (order_images,
+            # list_images), and natural_key is a total order.
+            return list(entries)
     except OSError as error:
         logger.warning("skipping unreadable folder %s: %s", directory, error)
         return []
@@ -121,8 +131,10 @@ def find_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     compiled = [("/" in pattern, compile_pattern(pattern)) for pattern in patterns]
-    descend = recursive or any(has_slash for has_slash, _ in compiled)
-    return [rel for rel in _walk(folder, descend) if _matches(rel, compiled, recursive)]
+    by_path = _combined([regex for has_slash, regex in compiled if has_slash])
+    by_name = _combined([regex for has_slash, regex in compiled if not has_slash])
+    descend = recursive or by_path is not None
+    return [rel for rel in _walk(folder, descend) if _matches(rel, by_path, by_name, recursive)]
 
 
 def list_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[str]:
@@ -131,9 +143,15 @@ def list_images(folder: Path, patterns: Iterable[str], recursive: bool) -> list[
 
 
 def _natural_parts(text: str) -> tuple[str | int, ...]:
-    parts = _DIGIT_RUNS.split(text)
-    # A list, not a generator: one key per file is most of the cost of listing a folder.
-    return tuple([int(part) if index % 2 else part for index, part in enumerate(parts)])
+    # One key per file is most of the cost of listing a folder: the digit runs are every
+    # other part of the split, turned into numbers in one slice assignment.
+    parts: list[str | int] = list(_DIGIT_RUNS.split(text))
+    parts[1::2] = map(int, parts[1::2])
+    return tuple(parts)
+
+
+# Few extensions recur across a folder: each is split once.
+_extension_parts = functools.lru_cache(maxsize=256)(_natural_parts)
 
 
 def natural_key(name: str) -> NaturalKey:
@@ -146,7 +164,7 @@ def natural_key(name: str) -> NaturalKey:
     # NFC leaves ASCII as it is; most names are ASCII, and skipping it is a quarter of the key.
     text = name if name.isascii() else unicodedata.normalize("NFC", name)
     stem, extension = posixpath.splitext(text.casefold())
-    return (_natural_parts(stem), _natural_parts(extension), name)
+    return (_natural_parts(stem), _extension_parts(extension), name)
 
 
 def _mtime_ns(path: Path) -> int:
