@@ -304,3 +304,20 @@ def test_the_router_puts_the_fitted_item_and_counts_it() -> None:
     on_thread(WORKER, lambda: routing_put(put_items.append, routed_by)((1, "p", GRAPH, {}, [])))
     assert put_items == [(1, "p", GRAPH, {"client_id": TAB_A}, [], {})]
     assert dict(routed_by.counts) == {"layout_fixed": 1, "rewrite": 1}
+
+
+def test_counts_add_up_over_puts_and_unknown_shapes_count_as_untouched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The status route's `queue_puts` counts every put; each rewrite logs one INFO line."""
+    routed_by = put_router(Running(TAB_A))
+    routed_by.fit_layout = lambda item: (*item, {}) if len(item) == 5 else item
+    put_items: list[Any] = []
+    put = routing_put(put_items.append, routed_by)
+    with caplog.at_level(logging.INFO, logger="comfy_clientid_bridge.routing.queue_puts"):
+        for item in [(1, "p", GRAPH, {}, []), (2, "q", GRAPH, {}, []), ("short",)]:
+            on_thread(WORKER, lambda item=item: put(item))
+    assert routed_by.status() == {"queue_puts": {"layout_fixed": 2, "rewrite": 2, "untouched": 1}}
+    assert [r.getMessage() for r in caplog.records] == [
+        "clientid_bridge: a queue put from node code goes to the running prompt's tab"
+    ] * 2

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
 from aiohttp.typedefs import Handler
+from multidict import CIMultiDict
 
 from comfy_clientid_bridge.routing.credentials import (
     Credentials,
@@ -329,8 +330,71 @@ def test_store_is_bounded() -> None:
     "kwargs", [{"ttl": 0}, {"ttl": -1.0}, {"max_records": 0}], ids=["ttl-0", "ttl-neg", "max-0"]
 )
 def test_store_refuses_bad_bounds(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    [name] = kwargs
+    with pytest.raises(ValueError, match=f"^{name} must be "):
         CredentialStore(is_live=lambda prompt_id: True, **kwargs)
+
+
+def test_the_smallest_bounds_are_allowed() -> None:
+    store = CredentialStore(is_live=lambda prompt_id: True, ttl=0.5, max_records=1)
+    store.remember("p1", Credentials(token="1"))
+    assert store.of_prompt("p1") == Credentials(token="1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_record_is_gone_at_its_deadline_not_after() -> None:
+    clock = Clock()
+    store = CredentialStore(is_live=lambda prompt_id: True, ttl=10.0, clock=clock)
+    store.remember("p1", Credentials(token="1"))
+    clock.now = 110.0  # exactly its deadline
+    assert store.of_prompt("p1") is None
+
+
+def test_adding_sweeps_a_record_at_its_deadline() -> None:
+    clock = Clock()
+    store = CredentialStore(is_live=lambda prompt_id: True, ttl=10.0, clock=clock)
+    store.remember("p1", Credentials(token="1"))
+    clock.now = 110.0
+    store.remember("p2", Credentials(token="2"))
+    assert len(store) == 1
+
+
+def test_adding_asks_about_each_prompt_by_its_id() -> None:
+    asked: list[str] = []
+
+    def is_live(prompt_id: str) -> bool:
+        asked.append(prompt_id)
+        return prompt_id != "ended"
+
+    store = CredentialStore(is_live=is_live)
+    store.remember("ended", Credentials(token="1"))
+    store.remember("p2", Credentials(token="2"))
+    assert asked == ["ended"] and len(store) == 1
+    store.remember("p3", Credentials(token="3"))
+    assert asked == ["ended", "p2"] and len(store) == 2
+
+
+def test_remembering_again_makes_a_record_the_newest() -> None:
+    store = CredentialStore(is_live=lambda prompt_id: True, max_records=2)
+    store.remember("p1", Credentials(token="1"))
+    store.remember("p2", Credentials(token="2"))
+    store.remember("p1", Credentials(token="1b"))  # a chain renewed p1
+    store.remember("p3", Credentials(token="3"))  # the oldest goes: p2
+    assert (store.of_prompt("p1"), store.of_prompt("p2")) == (Credentials(token="1b"), None)
+
+
+def test_every_cookie_header_is_carried_as_one() -> None:
+    request = make_mocked_request(
+        "POST", "/prompt", headers=CIMultiDict([("Cookie", "a=1"), ("Cookie", "b=2")])
+    )
+    assert Credentials.of(request) == Credentials(cookie="a=1; b=2")
 
 
 def test_middleware_refuses_bad_paths() -> None:
@@ -348,3 +412,4 @@ def test_credentials_never_print() -> None:
     credentials = Credentials(authorization=BEARER["Authorization"], cookie="a=b", token=TOKEN)
     for text in (repr(credentials), str(credentials), f"{credentials}", repr([credentials])):
         assert TOKEN not in text and "a=b" not in text
+    assert repr(credentials) == "Credentials(<hidden>)"

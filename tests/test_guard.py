@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 
 from comfy_clientid_bridge.routing.guard import (
     SLOT,
@@ -18,6 +19,7 @@ from comfy_clientid_bridge.routing.guard import (
     Slot,
     guard_on_prompt,
     install_request_guard,
+    json_type,
     queue_tie,
     refusal,
     refusing_put,
@@ -382,3 +384,143 @@ async def test_install_adds_the_handler_at_start_up(
     assert wrapped == ([refusing_put] if switched_on else [])
     await aiohttp_client(app)  # starts the app: on_startup runs
     assert len(handlers) == switched_on
+
+
+# ----------------------------------------------------------------------------- exact answers
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "expected", "got"),
+    [
+        ({"prompt": GRAPH, "client_id": {"a": 1}}, "client_id", "a string", "an object"),
+        (
+            {"prompt": GRAPH, "extra_data": {"client_id": [1]}},
+            "extra_data.client_id",
+            "a string",
+            "an array",
+        ),
+        ({"prompt": GRAPH, "extra_data": 5}, "extra_data", "an object", "a number"),
+        ({"prompt": GRAPH, "extra_data": None}, "extra_data", "an object", "null"),
+        ({"prompt": GRAPH, "extra_data": True}, "extra_data", "an object", "a boolean"),
+        ({"prompt": GRAPH, "extra_data": ["client_id"]}, "extra_data", "an object", "an array"),
+        ({"prompt": GRAPH, "extra_data": "client_id"}, "extra_data", "an object", "a string"),
+    ],
+    ids=["client-id", "extra-client-id", "number", "null", "boolean", "array", "string"],
+)
+def test_the_answer_names_the_field_the_type_expected_and_the_type_sent(
+    body: Any, field: str, expected: str, got: str
+) -> None:
+    answer = refusal(body, extra_data_stamped=False)
+    assert answer == {
+        "error": {
+            "type": "invalid_prompt",
+            "message": f"Invalid {field}: expected {expected}",
+            "details": f"{field} must be {expected}, got {got}",
+            "extra_info": {"field": field, "expected": expected, "got": got},
+        },
+        "node_errors": {},
+    }
+    assert str(Refused(answer)) == answer["error"]["details"]
+
+
+def test_a_type_json_has_no_name_for_is_named_by_python() -> None:
+    assert json_type(object()) == "object" and json_type(3.5) == "a number"
+
+
+def test_a_tie_answer_names_the_prompt_id() -> None:
+    body = {"prompt": OTHER, "number": 7, "prompt_id": "mine"}
+    answer = queue_tie(body, waiting=[WAITING], next_number=COUNTER, extra_data_stamped=True)
+    assert answer is not None
+    expected = "an id that no waiting prompt with the same number has"
+    assert answer["error"]["details"] == f"prompt_id must be {expected}, got a string"
+    assert answer["error"]["extra_info"] == {
+        "field": "prompt_id",
+        "expected": expected,
+        "got": "a string",
+    }
+
+
+def test_a_tie_is_found_behind_other_waiting_prompts() -> None:
+    others = [(1, "a", GRAPH, {}, ["1"]), (7, "b", GRAPH, {}, ["1"])]
+    body = {"prompt": OTHER, "number": 7, "prompt_id": "mine"}
+    assert queue_tie(body, waiting=[*others, WAITING], next_number=0, extra_data_stamped=True)
+
+
+def run_in_slot(handler: Callable[[Any], Any], body: Any) -> Slot:
+    slot = Slot()
+    token = SLOT.set(slot)
+    try:
+        handler(body)
+    finally:
+        SLOT.reset(token)
+    return slot
+
+
+def test_the_handler_judges_by_its_own_release() -> None:
+    """v0.3.64 queues a string extra_data as it is (refused if it names a looked-up key);
+    0.8.0 answers it with its own 500 first (not ours to refuse)."""
+    body = {"prompt": GRAPH, "extra_data": "client_id"}
+    unstamped = guard_on_prompt(extra_data_stamped=False)
+    stamped = guard_on_prompt(extra_data_stamped=True)
+    assert run_in_slot(unstamped, body).answer is not None
+    assert run_in_slot(stamped, body).answer is None
+
+
+def test_a_refused_body_with_a_prompt_id_stays_refused() -> None:
+    queue = QueueView(waiting=list, next_number=lambda: COUNTER)  # nothing waits: no tie
+    handler = guard_on_prompt(extra_data_stamped=True, queue=queue)
+    body = {"prompt": GRAPH, "client_id": {"a": 1}, "prompt_id": "fresh"}
+    answer = run_in_slot(handler, body).answer
+    assert answer is not None and answer["error"]["extra_info"]["field"] == "client_id"
+
+
+@pytest.mark.parametrize("stamped", [True, False], ids=["0.8.0", "0.3.64"])
+async def test_the_installed_handler_judges_ties_for_its_release(
+    aiohttp_client: Client, stamped: bool
+) -> None:
+    """The handler added at start-up is the guard's, with this release's stamping and queue."""
+    app, handlers = web.Application(), []
+    queue = QueueView(waiting=lambda: [WAITING], next_number=lambda: COUNTER)
+    install_request_guard(
+        app,
+        add_on_prompt_handler=handlers.append,
+        extra_data_stamped=stamped,
+        queue=queue,
+        wrap_put=lambda wrap: None,
+        switched_on=True,
+    )
+    await aiohttp_client(app)
+    [handler] = handlers
+    tie = {"prompt": OTHER, "number": 7, "prompt_id": "mine"}
+    assert run_in_slot(handler, tie).answer is not None
+    assert (run_in_slot(handler, {"prompt": GRAPH, "extra_data": "client_id"}).answer is None) == (
+        stamped
+    )
+
+
+def test_switching_the_guard_off_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="comfy_clientid_bridge.routing.guard"):
+        part = install_request_guard(
+            web.Application(),
+            add_on_prompt_handler=lambda handler: None,
+            extra_data_stamped=True,
+            queue=QueueView(waiting=list, next_number=lambda: 0.0),
+            wrap_put=lambda wrap: None,
+            switched_on=False,
+        )
+    assert part is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "clientid_bridge: request guard off (COMFY_CLIENTID_BRIDGE_GUARD)"
+    ]
+
+
+async def test_the_slot_is_closed_when_the_request_is_answered() -> None:
+    seen: list[Slot | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(SLOT.get())
+        return web.json_response({})
+
+    middleware = request_guard_middleware()
+    await middleware(make_mocked_request("POST", "/prompt"), handler)
+    assert isinstance(seen[0], Slot) and SLOT.get() is None

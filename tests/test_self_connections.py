@@ -287,6 +287,9 @@ print("ok")
 
 def test_a_fresh_process_wraps_both_connects_once_for_every_registry() -> None:
     """In a process of its own: the wrappers are installed by the first watch only."""
+    # Here too, so that a mutation tester that maps tests to the functions they call in
+    # process (mutmut) runs this test for the wrapping code.
+    SelfConnections().watch_port(1)
     root = Path(self_connections.__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS], cwd=root, capture_output=True, text=True, check=False

@@ -116,7 +116,7 @@ def queue_tie(
     *,
     waiting: Iterable[tuple[Any, ...]],
     next_number: float,
-    extra_data_stamped: bool = True,
+    extra_data_stamped: bool,
 ) -> dict[str, Any] | None:
     """Our 400 answer for a body whose queue item heapq could not order against one that
     is waiting: same number and prompt_id, then dicts that differ (execution.py
@@ -145,7 +145,7 @@ def queue_tie(
     return None
 
 
-def refusal(body: Any, *, extra_data_stamped: bool = True) -> dict[str, Any] | None:
+def refusal(body: Any, *, extra_data_stamped: bool) -> dict[str, Any] | None:
     """Our 400 answer for a body core would queue and then die of; None for any other body.
 
     `extra_data_stamped`: core writes into every accepted extra_data before queueing it
