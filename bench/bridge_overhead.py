@@ -237,15 +237,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def drain(session: aiohttp.ClientSession, comfy: Comfy) -> None:
+async def drain(session: aiohttp.ClientSession, comfy: Comfy, polls: int = 1200) -> None:
     """Waits until every queued prompt has run."""
-    for _ in range(1200):
+    for _ in range(polls):
         async with session.get(f"{comfy.url}/api/queue") as answer:
             queue = await answer.json()
         if not queue["queue_running"] and not queue["queue_pending"]:
             return
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"{comfy.url} did not run its queue empty")
+    raise RuntimeError(f"{comfy.url} did not go idle")
 
 
 async def settle(session: aiohttp.ClientSession, comfy: Comfy) -> None:
@@ -254,13 +254,7 @@ async def settle(session: aiohttp.ClientSession, comfy: Comfy) -> None:
         await answer.read()
     async with session.post(f"{comfy.url}/api/interrupt") as answer:
         await answer.read()
-    for _ in range(200):
-        async with session.get(f"{comfy.url}/api/queue") as answer:
-            queue = await answer.json()
-        if not queue["queue_running"] and not queue["queue_pending"]:
-            return
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{comfy.url} did not go idle")
+    await drain(session, comfy, polls=200)
 
 
 Side = tuple[Comfy, str]  # a server and the client id of the tab open on it
