@@ -524,3 +524,14 @@ async def test_the_slot_is_closed_when_the_request_is_answered() -> None:
     middleware = request_guard_middleware()
     await middleware(make_mocked_request("POST", "/prompt"), handler)
     assert isinstance(seen[0], Slot) and SLOT.get() is None
+
+
+def test_on_releases_that_stamp_extra_data_an_equal_twin_is_refused_too() -> None:
+    """0.8.0 stamps create_time into every extra_data: two items with one key always
+    differ there, so even a twin of the waiting prompt would stall the queue."""
+    twin = {"prompt": GRAPH, "number": 7, "prompt_id": "mine", "client_id": "tab"}
+    queue = QueueView(waiting=lambda: [WAITING], next_number=lambda: COUNTER)
+    stamped = guard_on_prompt(extra_data_stamped=True, queue=queue)
+    unstamped = guard_on_prompt(extra_data_stamped=False, queue=queue)
+    assert run_in_slot(stamped, twin).answer is not None
+    assert run_in_slot(unstamped, twin).answer is None

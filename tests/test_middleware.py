@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 
 from comfy_clientid_bridge.routing.decisions import PENDING
 from comfy_clientid_bridge.routing.middleware import (
@@ -15,6 +16,8 @@ from comfy_clientid_bridge.routing.middleware import (
     Answered,
     BridgePart,
     PartExit,
+    _prompt_id,
+    clientid_bridge_middleware,
     prompt_middleware,
 )
 from comfy_clientid_bridge.routing.self_connections import SelfConnection, SelfConnections
@@ -172,3 +175,66 @@ def test_the_marker_says_whether_the_bridge_is_a_part() -> None:
 def test_bad_paths_are_refused(paths: Any) -> None:
     with pytest.raises(ValueError, match="absolute paths"):
         prompt_middleware(parts=[], connections=None, prompt_paths=paths)
+
+
+def test_the_error_names_the_argument() -> None:
+    with pytest.raises(ValueError, match="^prompt_paths must be absolute paths"):
+        prompt_middleware(parts=[], connections=None, prompt_paths=["prompt"])
+
+
+async def test_a_socket_without_an_inet_address_is_nobody_s() -> None:
+    """A transport that cannot name its address (a Unix socket): no lookup, no crash."""
+    seen: list[Any] = []
+    log: list[Any] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"prompt_id": "p1"})
+
+    transport = SimpleNamespace(get_extra_info=lambda name: None)
+    request = make_mocked_request("POST", "/prompt", transport=transport)
+    middleware = prompt_middleware(parts=[Recorder("a", log)], connections=SelfConnections())
+    seen.append(await middleware(request, handler))
+    assert log[0] == ("enter", "a", None) and seen[0].status == 200
+
+
+async def test_the_bridge_alone_honours_its_paths(aiohttp_client: Client) -> None:
+    settled: list[Any] = []
+
+    class Bridge:
+        def settle(self, pending: Any, status: int, prompt_id_of: Any) -> None:
+            settled.append(status)
+
+    middleware = clientid_bridge_middleware(
+        bridge=Bridge(),  # type: ignore[arg-type]
+        connections=SelfConnections(),
+        prompt_paths=["/custom"],
+    )
+    app = web.Application(middlewares=[middleware])
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app.router.add_post("/custom", answer)
+    app.router.add_post("/prompt", answer)
+    client = await aiohttp_client(app)
+    await client.post("/prompt", json={})
+    assert settled == []
+    await client.post("/custom", json={})
+    assert settled == [200]
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (web.json_response({"prompt_id": "p1"}), "p1"),
+        (web.json_response({"prompt_id": 5}), None),
+        (web.json_response(["p1"]), None),
+        (web.Response(body=b"not json"), None),
+        (web.StreamResponse(), None),
+    ],
+    ids=["id", "id-not-a-string", "not-an-object", "not-json", "streamed"],
+)
+def test_the_prompt_id_is_read_only_from_core_s_answer_shape(
+    response: web.StreamResponse, expected: str | None
+) -> None:
+    assert _prompt_id(response) == expected
