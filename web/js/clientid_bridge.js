@@ -42,7 +42,14 @@ function followQueuedPrompts() {
   store?.$onAction(({ name, args, after }) => {
     if (name !== "storePrompt") return;
     after(() => {
-      if (started.has(args[0]?.id)) lastWorkflow = args[0].workflow ?? lastWorkflow;
+      if (!started.has(args[0]?.id) || !args[0].workflow) return;
+      lastWorkflow = args[0].workflow;
+      // Its re-queues may have started before this answer too: they are this tab's (their
+      // events came here) and had no workflow to take yet.
+      for (const id of started) {
+        const queued = store.queuedPrompts?.[id];
+        if (queued && !queued.workflow) queued.workflow = lastWorkflow;
+      }
     });
   });
 }
