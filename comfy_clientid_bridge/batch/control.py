@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from ..routing.middleware import absolute_paths
 from .engine import BatchEngine
 
 logger = logging.getLogger(__name__)
@@ -89,10 +90,8 @@ def batch_cancel_middleware(
     queue_paths: Iterable[str] = DEFAULT_QUEUE_PATHS,
 ) -> Middleware:
     """After ComfyUI handles POST /interrupt or POST /queue, stops the batches they cut."""
-    interrupts, queues = frozenset(interrupt_paths), frozenset(queue_paths)
-    for name, paths in (("interrupt_paths", interrupts), ("queue_paths", queues)):
-        if not paths or not all(isinstance(p, str) and p.startswith("/") for p in paths):
-            raise ValueError(f"{name} must be absolute paths, got {paths!r}")
+    interrupts = absolute_paths(interrupt_paths, "interrupt_paths")
+    queues = absolute_paths(queue_paths, "queue_paths")
 
     @web.middleware
     async def batch_cancel(request: web.Request, handler: Handler) -> web.StreamResponse:

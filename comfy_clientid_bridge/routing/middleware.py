@@ -51,7 +51,8 @@ class Answered(Exception):
         raise NotImplementedError
 
 
-def prompt_paths_checked(paths: Iterable[str], name: str = "prompt_paths") -> frozenset[str]:
+def absolute_paths(paths: Iterable[str], name: str) -> frozenset[str]:
+    """The routes a middleware acts on, checked: at least one, each an absolute path."""
     checked = frozenset(paths)
     if not checked or not all(isinstance(p, str) and p.startswith("/") for p in checked):
         raise ValueError(f"{name} must be absolute paths like '/prompt', got {checked!r}")
@@ -78,7 +79,7 @@ def prompt_middleware(
 ) -> Middleware:
     """One middleware for every part; only POSTs to `prompt_paths` are looked at, all else
     passes. `connections` None: no part needs to know whether node code made the request."""
-    paths = prompt_paths_checked(prompt_paths)
+    paths = absolute_paths(prompt_paths, "prompt_paths")
     steps = tuple(parts)
 
     @web.middleware
