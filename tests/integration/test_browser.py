@@ -118,6 +118,13 @@ RECORD += " if (key !== last) { last = key; window.__cibSeen.push(now); } }, 5);
 RECORD += " window.__cibSaver = []; window.app.api.addEventListener('executed', e => {"
 RECORD += " if (String(e.detail.node) === '2') for (const i of e.detail.output.images || [])"
 RECORD += " window.__cibSaver.push(i.subfolder + '/' + i.filename); });"
+# Every execution event this tab received, in order: what a failure message shows.
+RECORD += " window.__cibEvents = []; for (const type of ['execution_start', 'executing',"
+RECORD += " 'executed', 'execution_cached', 'execution_success', 'execution_error']) {"
+RECORD += " window.app.api.addEventListener(type, e => { const d = e.detail;"
+RECORD += " window.__cibEvents.push([type, d && d.prompt_id ? d.prompt_id.slice(0, 8) : null,"
+RECORD += " d && typeof d === 'object' ? d.node ?? null : d,"
+RECORD += " d && d.output ? JSON.stringify(d.output).slice(0, 120) : null]); }); }"
 RECORD += " return (" + SNAPSHOT + ")(); }"  # fails the call at once if the snapshot throws
 
 
@@ -134,8 +141,23 @@ def watch(page: Any, until: Any, timeout: float = 120) -> list[dict[str, Any]]:
             return seen
         checked = len(seen)
         page.wait_for_timeout(100)
-    state = page.evaluate(SNAPSHOT)
-    raise AssertionError(f"timed out at {page.url}; recorded {seen!r:.300}; now {state}")
+    raise AssertionError(f"timed out at {page.url}; recorded {seen!r:.300}; {story(page)}")
+
+
+def story(page: Any) -> str:
+    """What the page shows now, and every execution event it received (for failure messages)."""
+    now = page.evaluate(SNAPSHOT)
+    events = page.evaluate("() => window.__cibEvents || []")
+    given = page.evaluate("() => window.__cibSaver || []")
+    return f"now {now}; saver given {given}; events {json.dumps(events)}"
+
+
+def wait_until(page: Any, condition: str, timeout: float = 30) -> None:
+    """Wait for a JS condition; on timeout, fail with the page's story, not a bare timeout."""
+    try:
+        page.wait_for_function(condition, timeout=timeout * 1000)
+    except playwright_api.TimeoutError:
+        raise AssertionError(f"not met in {timeout} s: {condition}; {story(page)}") from None
 
 
 def test_tab_sees_every_iteration_and_another_user_sees_none(
@@ -144,7 +166,10 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     folder = photos(tmp_path / "watched", IMAGES)
     shots = REPO / "docs" if UPDATE_SCREENSHOTS else tmp_path
     tab_a, tab_b = open_tab(browser, comfy.url), open_tab(browser, comfy.url)
-    load_example(tab_a, folder, subfolder="browser", compress_level=9)
+    # The README's screenshot shows "browser"; a rerun (which would find the first attempt's
+    # files and skip them) saves into its own subfolder.
+    subfolder = "browser" if UPDATE_SCREENSHOTS else tmp_path.name
+    load_example(tab_a, folder, subfolder=subfolder, compress_level=9)
     tab_b.evaluate("() => window.app.loadGraphData()")  # B: the default workflow, same node ids
     record(tab_a)
     record(tab_b)
@@ -173,7 +198,7 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     other = tab_b.evaluate("() => window.__cibSeen")
 
     given = tab_a.evaluate("() => window.__cibSaver")
-    expected = [f"browser/p{n}_out.png" for n in range(IMAGES)]
+    expected = [f"{subfolder}/p{n}_out.png" for n in range(IMAGES)]
     assert given == expected  # every iteration's image went to the saver node, in turn
     assert seen[-1]["saver"] == [expected[-1]]  # and the last one is shown at the end
     badges = [s["badge"] for s in seen if s["badge"]]
@@ -193,17 +218,20 @@ def test_outputs_stay_on_their_workflow_across_workflow_tabs(
 ) -> None:
     folder = photos(tmp_path / "tabs", 3, size=64)
     tab = open_tab(browser, comfy.url)
-    load_example(tab, folder, subfolder="tabs")
+    # Its own output subfolder: a rerun must not find the first attempt's files (the saver
+    # skips existing ones, so it would show no image at all).
+    subfolder = tmp_path.name
+    load_example(tab, folder, subfolder=subfolder)
     record(tab)
     tab.get_by_role("button", name="Run").first.click()
     watch(tab, lambda s: (s["badge"] or "").startswith("done"), timeout=60)
     # The badge turns "done" on our status event; the saver's last image comes with core's
     # `executed` event, which may be handled a moment later (seen once on 0.8.0 x 1.35.9
     # under load: no image yet when read at once).
-    last = json.dumps(["tabs/p2_out.png"])
-    tab.wait_for_function(f"() => JSON.stringify(({SNAPSHOT})().saver) === {json.dumps(last)}")
+    last = json.dumps([f"{subfolder}/p2_out.png"])
+    wait_until(tab, f"() => JSON.stringify(({SNAPSHOT})().saver) === {json.dumps(last)}")
     before = tab.evaluate(SNAPSHOT)["saver"]
-    assert before == ["tabs/p2_out.png"]
+    assert before == [f"{subfolder}/p2_out.png"]
     path = "() => window.app.extensionManager.workflow.activeWorkflow.path"
     original = tab.evaluate(path)
     tab.evaluate("() => window.app.extensionManager.command.execute('Comfy.NewBlankWorkflow')")
@@ -236,15 +264,16 @@ STOP_BUTTON = """() => {
 def test_stop_button_stops_the_batch(comfy: Comfy, browser: Any, tmp_path: Path) -> None:
     folder = photos(tmp_path / "stopped", 20, size=900)
     tab = open_tab(browser, comfy.url)
-    load_example(tab, folder, subfolder="stopped", compress_level=9)
+    load_example(tab, folder, subfolder=tmp_path.name, compress_level=9)
     record(tab)
     tab.get_by_role("button", name="Run").first.click()
     watch(tab, lambda s: s["saver"] and (s["badge"] or "").split("/")[0] in ("2", "3", "4"))
     x, y = tab.evaluate(STOP_BUTTON)
     tab.mouse.click(x, y)  # a real click on the canvas, where the button is drawn
     tab.wait_for_timeout(3000)
-    saved = sorted(p.name for p in (comfy.output / "stopped").glob("*.png"))
+    out = comfy.output / tmp_path.name
+    saved = sorted(p.name for p in out.glob("*.png"))
     tab.wait_for_timeout(2000)
-    assert sorted(p.name for p in (comfy.output / "stopped").glob("*.png")) == saved
+    assert sorted(p.name for p in out.glob("*.png")) == saved
     assert 2 <= len(saved) < 20
     assert tab.evaluate(SNAPSHOT)["badge"].startswith("stopped")
