@@ -5,6 +5,9 @@ Run: python bench/bridge_overhead.py [--rounds 21] [--scale 1.0]    (about 100 s
        (the baseline server runs this package too, with the request guard off: the ratio is
        then the guard's own cost; --only keeps the routes whose name contains the text and
        skips part 2)
+     python bench/bridge_overhead.py --floor --only browser
+       (the measured server runs a pack of one no-op middleware instead: what any /prompt
+       middleware costs on this machine, the floor under this package's ratio)
 
 1. Two ComfyUI servers run at once, one with this package and one with no custom node
    pack, each with its own temp folders. One client process drives both: per round and
@@ -68,6 +71,23 @@ VALID = {
     "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
 }
 INVALID = {"1": {"class_type": "CibBenchNoSuchNode", "inputs": {}}}
+
+# --floor: the least any pack with a /prompt middleware costs. One middleware that does
+# nothing, put first in the app's list the way this package puts its own.
+NOOP_PACK = '''
+"""Benchmark-only pack: one aiohttp middleware that passes every request on."""
+from aiohttp import web
+from server import PromptServer
+
+
+@web.middleware
+async def cib_bench_noop(request, handler):
+    return await handler(request)
+
+
+PromptServer.instance.app.middlewares.insert(0, cib_bench_noop)
+NODE_CLASS_MAPPINGS = {}
+'''
 
 PROBE_PACK = '''
 """Benchmark-only pack: times the bridge's programmatic check and decision in this process."""
@@ -476,6 +496,12 @@ def main() -> int:
         help="the baseline server runs this package too, with these environment variables",
     )
     parser.add_argument("--only", default="", help="only the routes whose name contains this")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="'with' runs a pack of one no-op middleware instead of this package: the cost "
+        "of any /prompt middleware, this machine's floor for the ratio (skips part 2)",
+    )
     options = parser.parse_args()
     baseline_env = dict(item.split("=", 1) for item in options.baseline_env)
     found = find_comfyui()
@@ -489,16 +515,23 @@ def main() -> int:
         with ExitStack() as stack:
             servers: dict[str, Comfy] = {}
             baseline = ([REPO], baseline_env) if baseline_env else ([], None)
-            for label, (packs, env) in (("without", baseline), ("with", ([REPO], None))):
+            measured: list[Path] = [REPO]
+            if options.floor:
+                noop = base / "packs" / "cib_bench_noop"
+                noop.mkdir(parents=True)
+                (noop / "__init__.py").write_text(NOOP_PACK)
+                measured = [noop]
+            for label, (packs, env) in (("without", baseline), ("with", (measured, None))):
                 root = base / label
                 servers[label] = stack.enter_context(running_comfyui(root, packs=packs, env=env))
             print(f"servers up in {time.monotonic() - started:.0f} s:")
             what = f"this package with {baseline_env}" if baseline_env else "no custom node pack"
             print(f"  without: {servers['without'].url} ({what})")
-            print(f"  with:    {servers['with'].url} (this package)")
+            what = "a no-op middleware pack" if options.floor else "this package"
+            print(f"  with:    {servers['with'].url} ({what})")
             print(f"  {pin([comfy.process.pid for comfy in servers.values()])}")
             asyncio.run(throughput(servers, options.rounds, options.scale, options.only))
-        if options.only:
+        if options.only or options.floor:
             print(f"\ntotal {time.monotonic() - started:.0f} s")
             return 0
         probe = base / "packs" / "cib_bench_probe"
