@@ -495,6 +495,13 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="the baseline server runs this package too, with these environment variables",
     )
+    parser.add_argument(
+        "--with-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="the measured server runs this package with these environment variables",
+    )
     parser.add_argument("--only", default="", help="only the routes whose name contains this")
     parser.add_argument(
         "--floor",
@@ -516,18 +523,20 @@ def main() -> int:
             servers: dict[str, Comfy] = {}
             baseline = ([REPO], baseline_env) if baseline_env else ([], None)
             measured: list[Path] = [REPO]
+            with_env = dict(item.split("=", 1) for item in options.with_env) or None
             if options.floor:
                 noop = base / "packs" / "cib_bench_noop"
                 noop.mkdir(parents=True)
                 (noop / "__init__.py").write_text(NOOP_PACK)
                 measured = [noop]
-            for label, (packs, env) in (("without", baseline), ("with", (measured, None))):
+            for label, (packs, env) in (("without", baseline), ("with", (measured, with_env))):
                 root = base / label
                 servers[label] = stack.enter_context(running_comfyui(root, packs=packs, env=env))
             print(f"servers up in {time.monotonic() - started:.0f} s:")
             what = f"this package with {baseline_env}" if baseline_env else "no custom node pack"
             print(f"  without: {servers['without'].url} ({what})")
             what = "a no-op middleware pack" if options.floor else "this package"
+            what += f" with {with_env}" if with_env else ""
             print(f"  with:    {servers['with'].url} ({what})")
             print(f"  {pin([comfy.process.pid for comfy in servers.values()])}")
             asyncio.run(throughput(servers, options.rounds, options.scale, options.only))
