@@ -471,12 +471,12 @@ def pin(server_pids: list[int]) -> str:
     return f"CPU pinning: client on CPU {client}, all threads of both servers on CPU {servers}"
 
 
-def header() -> None:
+def header(name: str = "bridge_overhead") -> None:
     found = find_comfyui()
     assert not isinstance(found, str)
     checkout, python = found
     version = (checkout / "comfyui_version.py").read_text().split('"')[1]
-    print(f"bridge_overhead  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    print(f"{name}  {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     print(
         f"machine: nproc={os.cpu_count()} {platform.machine()} {platform.system()} "
         f"{platform.release()}; client Python {platform.python_version()}; "

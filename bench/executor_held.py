@@ -142,7 +142,7 @@ def main() -> int:
     if isinstance(found, str):
         print(f"executor_held: {found}")
         return 2
-    header()
+    header("executor_held")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cib-held-") as work, ExitStack() as stack:
         pack = Path(work) / "packs" / "cib_bench_hold"
