@@ -60,11 +60,15 @@ def _translate_token(token: str) -> str:
     return re.escape(token)
 
 
+# Globs match case-insensitively, and '*' matches any character of a name, newlines too.
+_GLOB_FLAGS = re.IGNORECASE | re.DOTALL
+
+
 def compile_pattern(pattern: str) -> re.Pattern[str]:
     """A case-insensitive regex for one glob; '*' stays inside a path segment, '**' does not."""
     regex = "".join(_translate_token(token) for token in _GLOB_TOKENS.findall(pattern))
     try:
-        return re.compile(regex, re.IGNORECASE | re.DOTALL)
+        return re.compile(regex, _GLOB_FLAGS)
     except re.error as error:
         raise ValueError(f"invalid file pattern {pattern!r}: {error}") from None
 
@@ -73,7 +77,7 @@ def _combined(regexes: Sequence[re.Pattern[str]]) -> re.Pattern[str] | None:
     """One regex for several globs: a file is matched once, not once per pattern."""
     if not regexes:
         return None
-    return re.compile("|".join(f"(?:{r.pattern})" for r in regexes), re.IGNORECASE | re.DOTALL)
+    return re.compile("|".join(f"(?:{r.pattern})" for r in regexes), _GLOB_FLAGS)
 
 
 def _matches(
