@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,14 @@ from comfy_clientid_bridge.tools.launcher import (
 # run only if it fails twice. The unit tier gets none. CIB_INTEGRATION_RERUNS=0 shows every
 # first failure (when hunting a flaky one).
 INTEGRATION_RERUNS = int(os.environ.get("CIB_INTEGRATION_RERUNS", "1"))
+
+
+@pytest.fixture
+def own_subfolder(tmp_path: Path) -> str:
+    """An output subfolder for this attempt of the test alone. A module shares one server,
+    and the saver skips files that exist: a rerun saving where the first attempt did would
+    find its files and fail for that alone (three full CI runs of 2026-11-28 did)."""
+    return tmp_path.name
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

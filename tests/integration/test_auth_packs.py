@@ -198,9 +198,11 @@ def saved_by(tab: Tab, node: str) -> list[str]:
     ]
 
 
-async def test_api_client_runs_our_batch(auth: AuthServer, tmp_path: Path) -> None:
+async def test_api_client_runs_our_batch(
+    auth: AuthServer, tmp_path: Path, own_subfolder: str
+) -> None:
     folder = sample_images(tmp_path / "in", IMAGES)
-    subfolder = f"api_{auth.pack}_{tmp_path.name}"  # a rerun must not find these files
+    subfolder = f"api_{auth.pack}_{own_subfolder}"
     run = await run_as_api_client(auth, batch_graph(folder, subfolder))
     saved = sorted(p.name for p in (auth.comfy.output / subfolder).glob("*.png"))
     assert saved == [f"sample{n}_out.png" for n in range(1, IMAGES + 1)]
@@ -295,11 +297,13 @@ def logged_in_tab(browser: Any, server: AuthServer) -> Any:
     return page
 
 
-def test_person_logged_in_runs_our_batch(auth: AuthServer, browser: Any, tmp_path: Path) -> None:
+def test_person_logged_in_runs_our_batch(
+    auth: AuthServer, browser: Any, tmp_path: Path, own_subfolder: str
+) -> None:
     from integration.test_browser import load_example, record, watch
 
     folder = sample_images(tmp_path / "in", IMAGES)
-    subfolder = f"browser_{auth.pack}_{tmp_path.name}"
+    subfolder = f"browser_{auth.pack}_{own_subfolder}"
     page = logged_in_tab(browser, auth)
     load_example(page, folder, subfolder=subfolder)
     record(page)

@@ -193,10 +193,10 @@ async def stop_by(how: str, session: aiohttp.ClientSession, url: str, tab: Tab) 
 
 
 @pytest.mark.parametrize("how", ["cancel", "clear-queue", "stop-route"])
-async def test_stopping_a_batch(comfy: Comfy, tmp_path: Path, how: str) -> None:
+async def test_stopping_a_batch(comfy: Comfy, tmp_path: Path, how: str, own_subfolder: str) -> None:
     folder = slow_folder(tmp_path / "slow", 10)
-    graph = batch_graph(folder, compress_level=9, subfolder=tmp_path.name)
-    out = comfy.output / tmp_path.name  # this attempt's own: a rerun finds no files of the first
+    graph = batch_graph(folder, compress_level=9, subfolder=own_subfolder)
+    out = comfy.output / own_subfolder
     async with aiohttp.ClientSession() as session:
         tab = await Tab(session, comfy.url, uuid.uuid4().hex).open()
         listener = asyncio.create_task(tab.listen())
@@ -218,36 +218,38 @@ async def test_stopping_a_batch(comfy: Comfy, tmp_path: Path, how: str) -> None:
 
 
 async def test_two_tabs_starting_the_same_batch_process_each_image_once(
-    comfy: Comfy, tmp_path: Path
+    comfy: Comfy, tmp_path: Path, own_subfolder: str
 ) -> None:
     """Two tabs (or Auto Queue) queue the same workflow: one loop, no image twice."""
     folder = slow_folder(tmp_path / "twice", 6)
-    graph = batch_graph(folder, compress_level=1, subfolder=tmp_path.name, existing="increment")
+    graph = batch_graph(folder, compress_level=1, subfolder=own_subfolder, existing="increment")
     async with aiohttp.ClientSession() as session:
         for _ in range(3):
             await post(session, comfy.url, {"prompt": graph, "client_id": uuid.uuid4().hex})
         await wait_idle(session, comfy.url, timeout=120)
-    outputs = sorted(p.name for p in (comfy.output / tmp_path.name).glob("*.png"))
+    outputs = sorted(p.name for p in (comfy.output / own_subfolder).glob("*.png"))
     assert outputs == [f"c{number:02}_out.png" for number in range(6)]  # no _1 copies
 
 
-async def test_an_image_batch_is_saved_one_file_each(comfy: Comfy, tmp_path: Path) -> None:
+async def test_an_image_batch_is_saved_one_file_each(
+    comfy: Comfy, tmp_path: Path, own_subfolder: str
+) -> None:
     """B > 1 (here core RepeatImageBatch makes 2 of each): one file per image, `_0`, `_1`."""
     folder = tmp_path / "repeat"
     folder.mkdir()
     for name in ("a.png", "b.png"):
         Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / name)
-    graph = batch_graph(folder, subfolder=tmp_path.name)
+    graph = batch_graph(folder, subfolder=own_subfolder)
     graph["5"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 2}}
     graph["2"]["inputs"]["images"] = ["5", 0]
     tab_a, _ = await run(comfy, graph)
-    outputs = sorted(p.name for p in (comfy.output / tmp_path.name).glob("*.png"))
+    outputs = sorted(p.name for p in (comfy.output / own_subfolder).glob("*.png"))
     assert outputs == ["a_out_0.png", "a_out_1.png", "b_out_0.png", "b_out_1.png"]
     assert len(saver_images(tab_a)) == 4
 
 
 async def test_run_again_after_new_files_processes_only_the_new_ones(
-    comfy: Comfy, tmp_path: Path
+    comfy: Comfy, tmp_path: Path, own_subfolder: str
 ) -> None:
     """3 images run; 2 more dropped in (one sorts first); Run again: 5 outputs, none twice."""
     folder = tmp_path / "grows"
@@ -255,8 +257,8 @@ async def test_run_again_after_new_files_processes_only_the_new_ones(
     for name in ("b1.png", "b2.png", "b3.png"):
         Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / name)
     # "increment" would write b1_out_1.png if any image were processed twice.
-    graph = batch_graph(folder, subfolder=tmp_path.name, existing="increment")
-    out = comfy.output / tmp_path.name
+    graph = batch_graph(folder, subfolder=own_subfolder, existing="increment")
+    out = comfy.output / own_subfolder
     await run(comfy, graph)
     assert sorted(p.name for p in out.glob("*.png")) == [f"b{n}_out.png" for n in (1, 2, 3)]
 

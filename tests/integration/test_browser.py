@@ -161,14 +161,12 @@ def wait_until(page: Any, condition: str, timeout: float = 30) -> None:
 
 
 def test_tab_sees_every_iteration_and_another_user_sees_none(
-    comfy: Comfy, browser: Any, tmp_path: Path
+    comfy: Comfy, browser: Any, tmp_path: Path, own_subfolder: str
 ) -> None:
     folder = photos(tmp_path / "watched", IMAGES)
     shots = REPO / "docs" if UPDATE_SCREENSHOTS else tmp_path
     tab_a, tab_b = open_tab(browser, comfy.url), open_tab(browser, comfy.url)
-    # The README's screenshot shows "browser"; a rerun (which would find the first attempt's
-    # files and skip them) saves into its own subfolder.
-    subfolder = "browser" if UPDATE_SCREENSHOTS else tmp_path.name
+    subfolder = "browser" if UPDATE_SCREENSHOTS else own_subfolder  # the README shows "browser"
     load_example(tab_a, folder, subfolder=subfolder, compress_level=9)
     tab_b.evaluate("() => window.app.loadGraphData()")  # B: the default workflow, same node ids
     record(tab_a)
@@ -214,24 +212,20 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
 
 
 def test_outputs_stay_on_their_workflow_across_workflow_tabs(
-    comfy: Comfy, browser: Any, tmp_path: Path
+    comfy: Comfy, browser: Any, tmp_path: Path, own_subfolder: str
 ) -> None:
     folder = photos(tmp_path / "tabs", 3, size=64)
     tab = open_tab(browser, comfy.url)
-    # Its own output subfolder: a rerun must not find the first attempt's files (the saver
-    # skips existing ones, so it would show no image at all).
-    subfolder = tmp_path.name
-    load_example(tab, folder, subfolder=subfolder)
+    load_example(tab, folder, subfolder=own_subfolder)
     record(tab)
     tab.get_by_role("button", name="Run").first.click()
     watch(tab, lambda s: (s["badge"] or "").startswith("done"), timeout=60)
-    # The badge turns "done" on our status event; the saver's last image comes with core's
-    # `executed` event, which may be handled a moment later (seen once on 0.8.0 x 1.35.9
-    # under load: no image yet when read at once).
-    last = json.dumps([f"{subfolder}/p2_out.png"])
+    # The saver's last image came with the prompt before the "done" one; read through a
+    # wait, so that a failure prints every event the tab received.
+    last = json.dumps([f"{own_subfolder}/p2_out.png"])
     wait_until(tab, f"() => JSON.stringify(({SNAPSHOT})().saver) === {json.dumps(last)}")
     before = tab.evaluate(SNAPSHOT)["saver"]
-    assert before == [f"{subfolder}/p2_out.png"]
+    assert before == [f"{own_subfolder}/p2_out.png"]
     path = "() => window.app.extensionManager.workflow.activeWorkflow.path"
     original = tab.evaluate(path)
     tab.evaluate("() => window.app.extensionManager.command.execute('Comfy.NewBlankWorkflow')")
@@ -261,17 +255,19 @@ STOP_BUTTON = """() => {
 }"""
 
 
-def test_stop_button_stops_the_batch(comfy: Comfy, browser: Any, tmp_path: Path) -> None:
+def test_stop_button_stops_the_batch(
+    comfy: Comfy, browser: Any, tmp_path: Path, own_subfolder: str
+) -> None:
     folder = photos(tmp_path / "stopped", 20, size=900)
     tab = open_tab(browser, comfy.url)
-    load_example(tab, folder, subfolder=tmp_path.name, compress_level=9)
+    load_example(tab, folder, subfolder=own_subfolder, compress_level=9)
     record(tab)
     tab.get_by_role("button", name="Run").first.click()
     watch(tab, lambda s: s["saver"] and (s["badge"] or "").split("/")[0] in ("2", "3", "4"))
     x, y = tab.evaluate(STOP_BUTTON)
     tab.mouse.click(x, y)  # a real click on the canvas, where the button is drawn
     tab.wait_for_timeout(3000)
-    out = comfy.output / tmp_path.name
+    out = comfy.output / own_subfolder
     saved = sorted(p.name for p in out.glob("*.png"))
     tab.wait_for_timeout(2000)
     assert sorted(p.name for p in out.glob("*.png")) == saved
