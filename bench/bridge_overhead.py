@@ -471,6 +471,14 @@ def pin(server_pids: list[int]) -> str:
     return f"CPU pinning: client on CPU {client}, all threads of both servers on CPU {servers}"
 
 
+def write_pack(base: Path, name: str, source: str) -> Path:
+    """A benchmark-only custom node pack, written under `base` at run time."""
+    pack = base / "packs" / name
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text(source)
+    return pack
+
+
 def header(name: str = "bridge_overhead") -> None:
     found = find_comfyui()
     assert not isinstance(found, str)
@@ -510,7 +518,10 @@ def main() -> int:
         "of any /prompt middleware, this machine's floor for the ratio (skips part 2)",
     )
     options = parser.parse_args()
+    if options.floor and options.with_env:
+        parser.error("--floor measures a no-op pack, not this package: no --with-env with it")
     baseline_env = dict(item.split("=", 1) for item in options.baseline_env)
+    with_env = dict(item.split("=", 1) for item in options.with_env) or None
     found = find_comfyui()
     if isinstance(found, str):
         print(f"bridge_overhead: {found}")
@@ -522,13 +533,7 @@ def main() -> int:
         with ExitStack() as stack:
             servers: dict[str, Comfy] = {}
             baseline = ([REPO], baseline_env) if baseline_env else ([], None)
-            measured: list[Path] = [REPO]
-            with_env = dict(item.split("=", 1) for item in options.with_env) or None
-            if options.floor:
-                noop = base / "packs" / "cib_bench_noop"
-                noop.mkdir(parents=True)
-                (noop / "__init__.py").write_text(NOOP_PACK)
-                measured = [noop]
+            measured = [write_pack(base, "cib_bench_noop", NOOP_PACK) if options.floor else REPO]
             for label, (packs, env) in (("without", baseline), ("with", (measured, with_env))):
                 root = base / label
                 servers[label] = stack.enter_context(running_comfyui(root, packs=packs, env=env))
@@ -543,9 +548,7 @@ def main() -> int:
         if options.only or options.floor:
             print(f"\ntotal {time.monotonic() - started:.0f} s")
             return 0
-        probe = base / "packs" / "cib_bench_probe"
-        probe.mkdir(parents=True)
-        (probe / "__init__.py").write_text(PROBE_PACK)
+        probe = write_pack(base, "cib_bench_probe", PROBE_PACK)
         root = base / "probe"
         with running_comfyui(root, packs=[REPO, probe]) as comfy:
             asyncio.run(check_cost(comfy, options.scale))

@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bridge_overhead import drain, header, pin, rates, routes  # noqa: E402
+from bridge_overhead import drain, header, pin, rates, routes, write_pack  # noqa: E402
 
 from comfy_clientid_bridge.tools.launcher import (  # noqa: E402
     REPO,
@@ -145,9 +145,7 @@ def main() -> int:
     header("executor_held")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cib-held-") as work, ExitStack() as stack:
-        pack = Path(work) / "packs" / "cib_bench_hold"
-        pack.mkdir(parents=True)
-        (pack / "__init__.py").write_text(HOLD_PACK)
+        pack = write_pack(Path(work), "cib_bench_hold", HOLD_PACK)
         servers = [
             stack.enter_context(running_comfyui(Path(work) / label, packs=packs))
             for label, packs in (("core", [pack]), ("package", [REPO, pack]))
