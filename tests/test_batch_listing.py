@@ -129,6 +129,18 @@ def test_compile_pattern(pattern: str, rel: str, matches: bool) -> None:
         (("**/*.jpeg",), False, ["sub/deeper/B.JPEG"]),
         (("sub/**/*.png", "*.webp"), False, ["sub/a.png", "ünïcødé 東京.webp"]),
         (("*photo*",), True, ["my photo.jpg"]),
+        (
+            ("sub/**/*.jpeg", "*.png"),
+            False,
+            [
+                "-rf.png",
+                "[draft] cover.png",
+                "img2.png",
+                "IMG3.PNG",
+                "img10.png",
+                "sub/deeper/B.JPEG",
+            ],
+        ),
     ],
     ids=[
         "defaults-top-level",
@@ -144,6 +156,7 @@ def test_compile_pattern(pattern: str, rel: str, matches: bool) -> None:
         "double-star",
         "two-patterns",
         "space-in-name",
+        "name-pattern-stays-top-level-while-a-path-pattern-descends",
     ],
 )
 def test_list_images(
