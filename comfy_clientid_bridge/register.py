@@ -129,7 +129,7 @@ def _install(server: Any) -> bool:
         SELF_CONNECTIONS.watch_port(port)
     _install_batch(server)
     parts: list[PromptPart] = [_credentials_part(server)]
-    guard = install_request_guard(  # on even when the bridge is off: it keeps ComfyUI alive
+    install_request_guard(  # on even when the bridge is off: it keeps ComfyUI alive
         app,
         add_on_prompt_handler=server.add_on_prompt_handler,
         extra_data_stamped=internals.post_prompt_stamps_extra_data(),
@@ -140,8 +140,6 @@ def _install(server: Any) -> bool:
         wrap_put=lambda wrap: internals.route_queue_puts(server, wrap),
         switched_on=enabled(switch=GUARD_SWITCH),
     )
-    if guard is not None:
-        parts.append(guard)
     bridge = _install_bridge(server) if enabled() else None
     if bridge is None:
         logger.info("clientid_bridge: off (%s); ComfyUI routes events as usual", ENV_SWITCH)

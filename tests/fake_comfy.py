@@ -18,9 +18,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from comfy_clientid_bridge.routing.decisions import PENDING, Bridge
+from comfy_clientid_bridge.routing.decisions import Bridge
 from comfy_clientid_bridge.routing.lineage import PromptRecord
 from comfy_clientid_bridge.routing.middleware import BRIDGE, clientid_bridge_middleware, status
+from comfy_clientid_bridge.routing.scope import SCOPE
 from comfy_clientid_bridge.routing.self_connections import SELF_CONNECTIONS
 
 # ComfyUI's executor thread is "Thread-N (prompt_worker)"; ours plays it.
@@ -88,7 +89,7 @@ def create_app(comfy: FakeComfy, *, bridge_on: bool = True) -> web.Application:
         return web.json_response({"prompt_id": f"p{len(comfy.received)}", "number": 0})
 
     async def get_queue(request: web.Request) -> web.Response:
-        comfy.received.append(PENDING.get())  # what the bridge marked on a non-prompt route
+        comfy.received.append(SCOPE.get())  # what the bridge marked on a non-prompt route
         return web.json_response({"queue_running": [], "queue_pending": []})
 
     for prefix in ("", "/api"):

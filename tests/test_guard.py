@@ -12,11 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from comfy_clientid_bridge.routing.guard import (
-    SLOT,
-    GuardPart,
     QueueView,
     Refused,
-    Slot,
     guard_on_prompt,
     install_request_guard,
     json_type,
@@ -25,6 +22,7 @@ from comfy_clientid_bridge.routing.guard import (
     refusing_put,
     request_guard_middleware,
 )
+from comfy_clientid_bridge.routing.scope import SCOPE, PromptScope
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
 DEAD = "not a graph core validates"
@@ -206,13 +204,13 @@ def test_the_handler_reads_the_queue_only_for_a_chosen_prompt_id() -> None:
     handler = guard_on_prompt(
         extra_data_stamped=False, queue=QueueView(waiting=waiting, next_number=lambda: COUNTER)
     )
-    token = SLOT.set(Slot())
+    token = SCOPE.set(PromptScope())
     try:
         assert handler({"prompt": OTHER, "client_id": "tab"})["client_id"] == "tab"
         assert reads == []
         tied = handler({"prompt": OTHER, "prompt_id": "mine"})
     finally:
-        SLOT.reset(token)
+        SCOPE.reset(token)
     assert reads == [1] and "prompt_id" not in tied and tied["client_id"] is None
 
 
@@ -343,21 +341,21 @@ async def test_without_the_put_wrapper_the_defused_body_runs(aiohttp_client: Cli
 def test_handler_defuses_only_inside_a_guarded_request() -> None:
     handler = guard_on_prompt(extra_data_stamped=True)
     body = {"prompt": GRAPH, "client_id": [1], "prompt_id": "x", "extra_data": {"a": 1}}
-    assert handler(body) is body  # no slot: no middleware around this call
-    slot = Slot()
-    token = SLOT.set(slot)
+    assert handler(body) is body  # no scope: no middleware around this call
+    scope = PromptScope()
+    token = SCOPE.set(scope)
     try:
         defused = handler(body)
     finally:
-        SLOT.reset(token)
+        SCOPE.reset(token)
     assert defused == {"prompt": GRAPH, "client_id": None, "extra_data": {}}
-    assert slot.answer is not None
+    assert scope.refusal is not None
     with pytest.raises(Refused):
-        token = SLOT.set(slot)
+        token = SCOPE.set(scope)
         try:
             refusing_put(list().append)(("item",))
         finally:
-            SLOT.reset(token)
+            SCOPE.reset(token)
 
 
 @pytest.mark.parametrize("paths", [(), ("prompt",), (1,)], ids=["none", "relative", "not-str"])
@@ -379,8 +377,8 @@ async def test_install_adds_the_handler_at_start_up(
         wrap_put=wrapped.append,
         switched_on=switched_on,
     )
-    assert isinstance(installed, GuardPart) == switched_on and (installed is None) != switched_on
-    assert app.middlewares == [] and handlers == []  # the part joins the package's middleware
+    assert installed is switched_on
+    assert app.middlewares == [] and handlers == []  # the package's middleware answers for it
     assert wrapped == ([refusing_put] if switched_on else [])
     await aiohttp_client(app)  # starts the app: on_startup runs
     assert len(handlers) == switched_on
@@ -446,14 +444,14 @@ def test_a_tie_is_found_behind_other_waiting_prompts() -> None:
     assert queue_tie(body, waiting=[*others, WAITING], next_number=0, extra_data_stamped=True)
 
 
-def run_in_slot(handler: Callable[[Any], Any], body: Any) -> Slot:
-    slot = Slot()
-    token = SLOT.set(slot)
+def run_in_scope(handler: Callable[[Any], Any], body: Any) -> PromptScope:
+    scope = PromptScope()
+    token = SCOPE.set(scope)
     try:
         handler(body)
     finally:
-        SLOT.reset(token)
-    return slot
+        SCOPE.reset(token)
+    return scope
 
 
 def test_the_handler_judges_by_its_own_release() -> None:
@@ -462,15 +460,15 @@ def test_the_handler_judges_by_its_own_release() -> None:
     body = {"prompt": GRAPH, "extra_data": "client_id"}
     unstamped = guard_on_prompt(extra_data_stamped=False)
     stamped = guard_on_prompt(extra_data_stamped=True)
-    assert run_in_slot(unstamped, body).answer is not None
-    assert run_in_slot(stamped, body).answer is None
+    assert run_in_scope(unstamped, body).refusal is not None
+    assert run_in_scope(stamped, body).refusal is None
 
 
 def test_a_refused_body_with_a_prompt_id_stays_refused() -> None:
     queue = QueueView(waiting=list, next_number=lambda: COUNTER)  # nothing waits: no tie
     handler = guard_on_prompt(extra_data_stamped=True, queue=queue)
     body = {"prompt": GRAPH, "client_id": {"a": 1}, "prompt_id": "fresh"}
-    answer = run_in_slot(handler, body).answer
+    answer = run_in_scope(handler, body).refusal
     assert answer is not None and answer["error"]["extra_info"]["field"] == "client_id"
 
 
@@ -492,15 +490,15 @@ async def test_the_installed_handler_judges_ties_for_its_release(
     await aiohttp_client(app)
     [handler] = handlers
     tie = {"prompt": OTHER, "number": 7, "prompt_id": "mine"}
-    assert run_in_slot(handler, tie).answer is not None
-    assert (run_in_slot(handler, {"prompt": GRAPH, "extra_data": "client_id"}).answer is None) == (
-        stamped
-    )
+    assert run_in_scope(handler, tie).refusal is not None
+    assert (
+        run_in_scope(handler, {"prompt": GRAPH, "extra_data": "client_id"}).refusal is None
+    ) == (stamped)
 
 
 def test_switching_the_guard_off_says_so(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="comfy_clientid_bridge.routing.guard"):
-        part = install_request_guard(
+        installed = install_request_guard(
             web.Application(),
             add_on_prompt_handler=lambda handler: None,
             extra_data_stamped=True,
@@ -508,22 +506,22 @@ def test_switching_the_guard_off_says_so(caplog: pytest.LogCaptureFixture) -> No
             wrap_put=lambda wrap: None,
             switched_on=False,
         )
-    assert part is None
+    assert installed is False
     assert [r.getMessage() for r in caplog.records] == [
         "clientid_bridge: request guard off (COMFY_CLIENTID_BRIDGE_GUARD)"
     ]
 
 
-async def test_the_slot_is_closed_when_the_request_is_answered() -> None:
-    seen: list[Slot | None] = []
+async def test_the_scope_is_closed_when_the_request_is_answered() -> None:
+    seen: list[PromptScope | None] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        seen.append(SLOT.get())
+        seen.append(SCOPE.get())
         return web.json_response({})
 
     middleware = request_guard_middleware()
     await middleware(make_mocked_request("POST", "/prompt"), handler)
-    assert isinstance(seen[0], Slot) and SLOT.get() is None
+    assert isinstance(seen[0], PromptScope) and SCOPE.get() is None
 
 
 def test_on_releases_that_stamp_extra_data_an_equal_twin_is_refused_too() -> None:
@@ -533,5 +531,5 @@ def test_on_releases_that_stamp_extra_data_an_equal_twin_is_refused_too() -> Non
     queue = QueueView(waiting=lambda: [WAITING], next_number=lambda: COUNTER)
     stamped = guard_on_prompt(extra_data_stamped=True, queue=queue)
     unstamped = guard_on_prompt(extra_data_stamped=False, queue=queue)
-    assert run_in_slot(stamped, twin).answer is not None
-    assert run_in_slot(unstamped, twin).answer is None
+    assert run_in_scope(stamped, twin).refusal is not None
+    assert run_in_scope(unstamped, twin).refusal is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +12,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from comfy_clientid_bridge.routing.decisions import PENDING
 from comfy_clientid_bridge.routing.middleware import (
     MARKER,
     Answered,
@@ -20,6 +21,7 @@ from comfy_clientid_bridge.routing.middleware import (
     clientid_bridge_middleware,
     prompt_middleware,
 )
+from comfy_clientid_bridge.routing.scope import SCOPE, PromptScope
 from comfy_clientid_bridge.routing.self_connections import SelfConnection, SelfConnections
 
 Client = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -33,12 +35,12 @@ class Recorder:
         self.name, self.log, self.exits = name, log, exits
 
     def enter(
-        self, request: web.Request, connection: SelfConnection | None
+        self, request: web.Request, scope: PromptScope
     ) -> tuple[web.Request, PartExit | None]:
-        self.log.append(("enter", self.name, connection))
+        self.log.append(("enter", self.name, scope.connection))
         if not self.exits:
             return request, None
-        return request, lambda response: self.log.append(
+        return request, lambda _, response: self.log.append(
             ("exit", self.name, None if response is None else response.status)
         )
 
@@ -63,7 +65,7 @@ def app_with(parts: list[Any], behaviour: str = "ok", connections: Any = None) -
     app[SEEN] = []
 
     async def post_prompt(request: web.Request) -> web.Response:
-        app[SEEN].append(PENDING.get())
+        app[SEEN].append(SCOPE.get())
         if behaviour == "answered":
             raise Teapot()
         if behaviour == "crash":
@@ -147,22 +149,51 @@ async def test_the_self_connection_is_looked_up_once_for_all_parts(
     assert client.port in connections.ports  # the port served on is learnt
 
 
-async def test_the_bridge_part_marks_the_request_and_clears_the_mark(
+async def test_the_bridge_part_settles_in_the_request_s_scope_and_closes_it(
     aiohttp_client: Client,
 ) -> None:
     settled: list[Any] = []
 
     class Bridge:
-        def settle(self, pending: Any, status: int, prompt_id_of: Any) -> None:
-            settled.append((pending, status, prompt_id_of()))
+        def settle(self, scope: Any, status: int, prompt_id_of: Any) -> None:
+            settled.append((scope, status, prompt_id_of()))
 
     app = app_with([BridgePart(Bridge())])  # type: ignore[arg-type]
     client = await aiohttp_client(app)
     await client.post("/prompt", json={})
-    (pending,) = app[SEEN]
-    assert pending is not None and pending.connection is None  # not node code's
-    assert settled == [(pending, 200, "p1")]
-    assert PENDING.get() is None
+    (scope,) = app[SEEN]
+    assert isinstance(scope, PromptScope) and scope.connection is None  # not node code's
+    assert settled == [(scope, 200, "p1")]
+    assert SCOPE.get() is None
+
+
+def test_what_the_bridge_keeps_to_read_the_prompt_id_is_not_the_answer() -> None:
+    """The ledger holds a tab's prompt_id_of for up to 128 prompts: it must not hold the
+    answer object (its headers, its writer) alive, only the bytes it read the id from."""
+    kept: list[Any] = []
+
+    class Bridge:
+        def settle(self, scope: Any, status: int, prompt_id_of: Any) -> None:
+            kept.append(prompt_id_of)
+
+    response = web.json_response({"prompt_id": "p7", "number": 1})
+    answer = weakref.ref(response)
+    BridgePart(Bridge()).settle(PromptScope(), response)  # type: ignore[arg-type]
+    del response
+    gc.collect()
+    assert answer() is None
+    assert kept[0]() == "p7"
+
+
+def test_no_answer_settles_nothing() -> None:
+    settled: list[Any] = []
+
+    class Bridge:
+        def settle(self, *args: Any) -> None:
+            settled.append(args)
+
+    BridgePart(Bridge()).settle(PromptScope(), None)  # type: ignore[arg-type]
+    assert settled == []
 
 
 def test_the_marker_says_whether_the_bridge_is_a_part() -> None:

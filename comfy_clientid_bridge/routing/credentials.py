@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 from multidict import CIMultiDict
 
 from .middleware import DEFAULT_PROMPT_PATHS, PartExit, _prompt_id, prompt_middleware
+from .scope import PromptScope
 from .self_connections import SelfConnection, SelfConnections
 
 # The query parameter ComfyUI-Login accepts instead of a Bearer header (password.py).
@@ -141,16 +142,16 @@ class CredentialsPart:
         self.is_worker_thread = is_worker_thread
 
     def enter(
-        self, request: web.Request, connection: SelfConnection | None
+        self, request: web.Request, scope: PromptScope
     ) -> tuple[web.Request, PartExit | None]:
         credentials = Credentials.of(request)
         if credentials is None:
-            credentials = self._origin_credentials(connection)
+            credentials = self._origin_credentials(scope.connection)
             if credentials is None:
                 return request, None
             request = credentials.given_to(request)
 
-        def remember(response: web.StreamResponse | None) -> None:
+        def remember(scope: PromptScope, response: web.StreamResponse | None) -> None:
             # Only an accepted prompt is answered with its id (ComfyUI's post_prompt).
             prompt_id = None if response is None else _prompt_id(response)
             if prompt_id is not None:

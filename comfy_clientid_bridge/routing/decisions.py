@@ -6,11 +6,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from .lineage import Ledger, PromptRecord, changed_widgets, closest_ancestor
+from .scope import SCOPE, PromptScope
 from .self_connections import SelfConnection
 
 logger = logging.getLogger(__name__)
@@ -26,25 +26,6 @@ class Decision:
     reason: str
     client_id: str | None = None
     origin_prompt_id: str | None = None
-
-
-@dataclass(slots=True)
-class Pending:
-    """One POST /prompt in flight: set by the middleware, filled by on_prompt.
-
-    `connection` is the fact that node code of this process made it (None otherwise);
-    `record` is what the ledger took of it, settled once ComfyUI has answered.
-    """
-
-    connection: SelfConnection | None = None
-    decision: Decision | None = None
-    record: PromptRecord | None = None
-    submitted: dict[str, Any] | None = None  # a tab's well-formed body, remembered if accepted
-
-
-# The middleware and ComfyUI's on-prompt handlers run in the same task, so a context
-# variable carries the transport fact to the only place that may change the JSON.
-PENDING: ContextVar[Pending | None] = ContextVar("clientid_bridge_pending", default=None)
 
 
 def printable(text: str | None) -> str | None:
@@ -79,37 +60,39 @@ class Bridge:
     def on_prompt(self, json_data: Any) -> Any:
         """ComfyUI on-prompt handler: returns the (possibly rewritten) request JSON."""
         self.counts["submissions"] += 1
-        pending = PENDING.get()
-        if pending is None or pending.connection is None:
+        scope = SCOPE.get()  # the package's middleware opened it: whether node code made it
+        if scope is None or scope.connection is None:
             if not _well_formed(json_data):
                 return json_data
-            if pending is None:  # no middleware to settle it later: remember it now
+            if scope is None:  # no middleware to settle it later: remember it now
                 self.ledger.add(_record(json_data))
             else:
-                pending.submitted = json_data
+                scope.submitted = json_data
             return json_data
         self.counts["programmatic"] += 1
-        pending.decision, pending.record = self.decide(json_data, pending.connection)
-        self.counts[pending.decision.action] += 1
+        scope.decision, scope.record = self.decide(json_data, scope.connection)
+        self.counts[scope.decision.action] += 1
         return json_data
 
-    def settle(self, pending: Pending, status: int, prompt_id_of: Callable[[], str | None]) -> None:
+    def settle(
+        self, scope: PromptScope, status: int, prompt_id_of: Callable[[], str | None]
+    ) -> None:
         """ComfyUI answered. Node code's request: its record gets the prompt id, or leaves
         the ledger if refused, and its decision is reported. A tab's accepted prompt is
         remembered; refused ones never are."""
         accepted = status == 200
-        if pending.connection is not None:
+        if scope.connection is not None:
             prompt_id = prompt_id_of() if accepted else None
-            if pending.record is not None:
+            if scope.record is not None:
                 if accepted:
-                    pending.record.prompt_id = prompt_id
+                    scope.record.prompt_id = prompt_id
                 else:
-                    self.ledger.discard(pending.record)
-            self.report(pending, prompt_id, status)
-        elif accepted and pending.submitted is not None:
+                    self.ledger.discard(scope.record)
+            self.report(scope, prompt_id, status)
+        elif accepted and scope.submitted is not None:
             # A tab's accepted prompt: kept as it is, compared (and its id read) only if a
             # re-queue from a thread ever needs its lineage.
-            self.ledger.add(_record(pending.submitted, prompt_id_of))
+            self.ledger.add(_record(scope.submitted, prompt_id_of))
 
     def decide(
         self, json_data: Any, connection: SelfConnection
@@ -147,9 +130,9 @@ class Bridge:
         # the graph the re-queue copied.
         return closest_ancestor(child, self.ledger.newest_first()), "graph lineage"
 
-    def report(self, pending: Pending, prompt_id: str | None, status: int) -> None:
+    def report(self, scope: PromptScope, prompt_id: str | None, status: int) -> None:
         """Logs and keeps one line per programmatic decision, once the response is known."""
-        decision, connection = pending.decision, pending.connection
+        decision, connection = scope.decision, scope.connection
         if decision is None or connection is None:  # ComfyUI refused the body before us
             return
         entry = {

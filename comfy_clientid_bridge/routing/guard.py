@@ -9,8 +9,8 @@ queue never moves again. `refusal()` names exactly those bodies (tests/test_guar
 the table; tests/integration/test_fuzz_prompt.py checks it against real servers).
 
 How a refusal happens without a second JSON parse and without changing any other answer:
-our on-prompt handler (core hands it the parsed body) notes the refusal in a slot the
-middleware opened for the request, and hands core the body defused (no client_id, an empty
+our on-prompt handler (core hands it the parsed body) notes the refusal in the scope the
+package's middleware opened for the request (routing/scope.py), and hands core the body defused (no client_id, an empty
 extra_data, no prompt_id of its own). Core then validates the graph as always: an invalid
 graph gets core's own 400, byte for byte, as the defused fields play no part in it. A valid
 one reaches `prompt_queue.put`, which we wrap: for a request with a noted refusal it raises
@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .middleware import DEFAULT_PROMPT_PATHS, Answered, PartExit, prompt_middleware
-from .self_connections import SelfConnection
+from .middleware import DEFAULT_PROMPT_PATHS, Answered, prompt_middleware
+from .scope import SCOPE
 
 logger = logging.getLogger(__name__)
 
@@ -179,25 +178,14 @@ class Refused(Answered):
         return web.json_response(self.answer, status=400)
 
 
-@dataclass
-class Slot:
-    """One /prompt request's refusal, if any: opened by the middleware, filled by the
-    on-prompt handler, read by the queue's put (all in the request's own task)."""
-
-    answer: dict[str, Any] | None = None
-
-
-SLOT: ContextVar[Slot | None] = ContextVar("clientid_bridge_guard_slot", default=None)
-
-
 def refusing_put(put: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """PromptQueue.put that raises `Refused` instead of queueing a refused request's item;
     puts from anywhere else (node code, other packs) pass as they are."""
 
     def guarded_put(item: Any) -> Any:
-        slot = SLOT.get()
-        if slot is not None and slot.answer is not None:
-            raise Refused(slot.answer)
+        scope = SCOPE.get()
+        if scope is not None and scope.refusal is not None:
+            raise Refused(scope.refusal)
         return put(item)
 
     return guarded_put
@@ -215,8 +203,9 @@ class QueueView:
 def guard_on_prompt(
     *, extra_data_stamped: bool, queue: QueueView | None = None
 ) -> Callable[[Any], Any]:
-    """The on-prompt handler: a refused body is noted in the request's slot and goes on
-    defused (core validates it; the put refuses it)."""
+    """The on-prompt handler: a refused body is noted in the request's scope and goes on
+    defused (core validates it; the put refuses it). Outside the package's middleware (no
+    scope: nothing would answer the refusal) every body passes as it is."""
 
     def on_prompt(json_data: Any) -> Any:
         answer = refusal(json_data, extra_data_stamped=extra_data_stamped)
@@ -228,30 +217,21 @@ def guard_on_prompt(
                     next_number=queue.next_number(),
                     extra_data_stamped=extra_data_stamped,
                 )
-        slot = SLOT.get()
-        if answer is None or slot is None:
+        scope = SCOPE.get()
+        if answer is None or scope is None:
             return json_data
-        slot.answer = answer
+        scope.refusal = answer
         defused = {k: v for k, v in json_data.items() if k != "prompt_id"}
         return {**defused, "client_id": None, "extra_data": {}}
 
     return on_prompt
 
 
-class GuardPart:
-    """Opens the request's slot for the on-prompt handler and the queue's put."""
-
-    def enter(
-        self, request: web.Request, connection: SelfConnection | None
-    ) -> tuple[web.Request, PartExit]:
-        token = SLOT.set(Slot())
-        return request, lambda response: SLOT.reset(token)
-
-
 def request_guard_middleware(*, paths: Iterable[str] = DEFAULT_PROMPT_PATHS) -> Middleware:
-    """The guard's part alone in the package's middleware: a refused body gets 400 in
+    """The package's middleware with the guard alone (it needs no part of its own: the
+    scope and the answer to `Refused` are the middleware's): a refused body gets 400 in
     ComfyUI's error shape; all else passes untouched."""
-    return prompt_middleware(parts=[GuardPart()], connections=None, prompt_paths=paths)
+    return prompt_middleware(parts=[], connections=None, prompt_paths=paths)
 
 
 def install_request_guard(
@@ -262,13 +242,13 @@ def install_request_guard(
     queue: QueueView,
     wrap_put: Callable[[Callable[[Callable[[Any], Any]], Callable[[Any], Any]]], None],
     switched_on: bool,
-) -> GuardPart | None:
+) -> bool:
     """Installs the put wrapper now and the on-prompt handler at start-up, after every
-    pack's (so it judges the body core will use); the part for the package's middleware,
-    None when switched off."""
+    pack's (so it judges the body core will use); whether it did (False: switched off).
+    The package's middleware answers its refusals."""
     if not switched_on:
         logger.info("clientid_bridge: request guard off (%s)", GUARD_SWITCH)
-        return None
+        return False
     handler = guard_on_prompt(extra_data_stamped=extra_data_stamped, queue=queue)
 
     async def add_handler_last(_: web.Application) -> None:
@@ -276,4 +256,4 @@ def install_request_guard(
 
     wrap_put(refusing_put)
     app.on_startup.append(add_handler_last)
-    return GuardPart()
+    return True

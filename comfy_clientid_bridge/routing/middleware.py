@@ -2,9 +2,10 @@
 
 Three parts act on a /prompt request: the credentials carrier (routing/credentials.py),
 the request guard (routing/guard.py) and the bridge (below). They run in one middleware
-frame, not three: each is a `PromptPart` whose `enter` sees the request (and whether node
-code of this process made it) before ComfyUI's handler, and whose exit sees the answer.
-The self-connection lookup is made once for all of them.
+frame, not three: each `PromptPart` may see the request before ComfyUI's handler (`enter`)
+and the answer after it (the exit `enter` returns). The self-connection lookup is made once
+for all of them, and they share one `PromptScope` (routing/scope.py), which their hooks
+inside ComfyUI's handler read and fill.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from .broadcasts import BroadcastRouter
-from .decisions import PENDING, Bridge, Pending
+from .decisions import Bridge
 from .queue_puts import QueuePutRouter
+from .scope import SCOPE, PromptScope
 from .self_connections import SelfConnection, SelfConnections, normalize
 
 BRIDGE = web.AppKey("comfy_clientid_bridge.bridge", Bridge)
@@ -32,13 +34,14 @@ DEFAULT_PROMPT_PATHS = ("/prompt", "/api/prompt")
 # see it is there already: True when the bridge is one of its parts.
 MARKER = "__clientid_bridge__"
 
-# What a part's exit is handed: ComfyUI's answer, or None when the handler raised.
-PartExit = Callable[[web.StreamResponse | None], None]
+# What a part's exit is handed: the request's scope and ComfyUI's answer (None when the
+# handler raised).
+PartExit = Callable[[PromptScope, web.StreamResponse | None], None]
 
 
 class PromptPart(Protocol):
     def enter(
-        self, request: web.Request, connection: SelfConnection | None
+        self, request: web.Request, scope: PromptScope
     ) -> tuple[web.Request, PartExit | None]:
         """Before ComfyUI's handler: the request to go on with, and what to call after."""
         ...
@@ -87,20 +90,24 @@ def prompt_middleware(
         if request.method != "POST" or request.path not in paths:
             return await handler(request)
         connection = None if connections is None else self_connection(request, connections)
-        exits: list[PartExit] = []
+        scope = PromptScope(connection)
+        token = SCOPE.set(scope)
+        exits: list[PartExit] | None = None  # most requests need none: no list for them
         response: web.StreamResponse | None = None
         try:
             for part in steps:
-                request, on_exit = part.enter(request, connection)
+                request, on_exit = part.enter(request, scope)
                 if on_exit is not None:
+                    exits = exits or []
                     exits.append(on_exit)
             try:
                 response = await handler(request)
             except Answered as answered:
                 response = answered.response()
         finally:
-            for on_exit in reversed(exits):
-                on_exit(response)
+            SCOPE.reset(token)
+            for on_exit in reversed(exits or ()):
+                on_exit(scope, response)
         return response
 
     setattr(clientid_bridge, MARKER, any(isinstance(part, BridgePart) for part in steps))
@@ -108,24 +115,21 @@ def prompt_middleware(
 
 
 class BridgePart:
-    """Marks the request with whether node code made it; the bridge's on-prompt handler
-    reads that mark, and its decision is settled once ComfyUI has answered."""
+    """The bridge's on-prompt handler decides inside the request's scope (whether node code
+    made it is there); its decision is settled once ComfyUI has answered."""
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
 
-    def enter(
-        self, request: web.Request, connection: SelfConnection | None
-    ) -> tuple[web.Request, PartExit]:
-        pending = Pending(connection)  # connection None: a browser, a script, a remote client
-        token = PENDING.set(pending)
+    def enter(self, request: web.Request, scope: PromptScope) -> tuple[web.Request, PartExit]:
+        return request, self.settle
 
-        def settle(response: web.StreamResponse | None) -> None:
-            PENDING.reset(token)
-            if response is not None:
-                self.bridge.settle(pending, response.status, lambda: _prompt_id(response))
-
-        return request, settle
+    def settle(self, scope: PromptScope, response: web.StreamResponse | None) -> None:
+        if response is None:
+            return
+        body = response.body if isinstance(response, web.Response) else None
+        # The answer's bytes, not the answer: the ledger may keep this for a while.
+        self.bridge.settle(scope, response.status, lambda: _prompt_id_in(body))
 
 
 def clientid_bridge_middleware(
@@ -142,7 +146,10 @@ def clientid_bridge_middleware(
 
 def _prompt_id(response: web.StreamResponse) -> str | None:
     """ComfyUI answers an accepted prompt with {"prompt_id": ...}."""
-    body = response.body if isinstance(response, web.Response) else None
+    return _prompt_id_in(response.body if isinstance(response, web.Response) else None)
+
+
+def _prompt_id_in(body: object) -> str | None:
     if not isinstance(body, bytes):
         return None
     try:
