@@ -280,18 +280,29 @@ async def settle(session: aiohttp.ClientSession, comfy: Comfy) -> None:
 Side = tuple[Comfy, str]  # a server and the client id of the tab open on it
 
 
-async def rates(session: aiohttp.ClientSession, sides: list[Side], route: Route) -> list[float]:
+async def rates(
+    session: aiohttp.ClientSession,
+    sides: list[Side],
+    route: Route,
+    log: list[tuple[int, bool, float]] | None = None,
+) -> list[float]:
     """Requests per second of each side over `route.count` requests each, sent in
     alternation A B B A A B ... so that a burst of noise on the machine hits both sides
     alike and neither is always the one that comes back from idle. Each side's rate is
-    its count over the sum of its own request times."""
+    its count over the sum of its own request times. `log`, if given, gets each request's
+    (side, whether the request before it went to the same side, seconds)."""
     spent = [0.0 for _ in sides]
+    previous = None
     for number in range(route.count):
         for index in (0, 1) if number % 2 == 0 else (1, 0):
             comfy, client_id = sides[index]
             start = time.perf_counter()
             status = await route.send(session, comfy, client_id)
-            spent[index] += time.perf_counter() - start
+            took = time.perf_counter() - start
+            spent[index] += took
+            if log is not None:
+                log.append((index, previous == index, took))
+            previous = index
             if status != route.expect:
                 raise RuntimeError(f"{route.name} on {comfy.url}: {status}, not {route.expect}")
     return [route.count / seconds for seconds in spent]

@@ -10,7 +10,9 @@ measures the route twice, in alternating order: once with a hold prompt running 
 servers (the valid prompts only queue up, and are run after the round), once as
 bridge_overhead.py does (each prompt runs on the executor at once, which takes turns on the
 GIL with the handler). The first shows what the request path costs alone; the difference
-between the two is the executor's share.
+between the two is the executor's share. The running leg's request times are then split
+by whether the request before went to the same server (its executor still runs that
+prompt: the handler and the executor take turns on the GIL) or to the other.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ async def measure(servers: list[Comfy], rounds: int) -> None:
     route = next(r for r in routes(1.0) if r.name == "POST /api/prompt valid, browser")
     ratios: dict[bool, list[float]] = {True: [], False: []}
     rates_of: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    requests: list[tuple[int, bool, float]] = []  # the running leg's, one by one
     async with aiohttp.ClientSession() as session:
         tabs = [await Tab(session, comfy.url, f"held{i}").open() for i, comfy in enumerate(servers)]
         listeners = [asyncio.create_task(tab.listen()) for tab in tabs]
@@ -110,7 +113,7 @@ async def measure(servers: list[Comfy], rounds: int) -> None:
                 if held:
                     for comfy in servers:
                         await hold(session, comfy)
-                core, package = await rates(session, sides, route)
+                core, package = await rates(session, sides, route, None if held else requests)
                 if held:
                     for comfy in servers:
                         await release(session, comfy)
@@ -132,6 +135,27 @@ async def measure(servers: list[Comfy], rounds: int) -> None:
             f"{label:24s} {core:8.0f} {package:10.0f}  {statistics.median(ratios[held]):.3f}"
             f"  [{q1:.3f} {q3:.3f}]"
         )
+    print_turns(requests)
+
+
+def print_turns(requests: list[tuple[int, bool, float]]) -> None:
+    """The running leg's request times, split by whether the request before went to the
+    same server (whose executor then still runs that prompt: the two threads take turns on
+    the GIL) or to the other one (whose executor competes for the CPU, not for the GIL)."""
+    print("\nrunning leg, ms per request       mean    p10    p50    p90   n")
+    for same in (False, True):
+        for index, label in ((0, "core"), (1, "package")):
+            times = [
+                1000 * took for side, after, took in requests if side == index and after == same
+            ]
+            if len(times) < 10:
+                continue
+            deciles = statistics.quantiles(times, n=10)
+            after = "after itself" if same else "after other "
+            print(
+                f"  {label:8s} {after}     {statistics.mean(times):6.2f} {deciles[0]:6.2f}"
+                f" {statistics.median(times):6.2f} {deciles[8]:6.2f}  {len(times)}"
+            )
 
 
 def main() -> int:
