@@ -185,6 +185,18 @@ def test_what_the_bridge_keeps_to_read_the_prompt_id_is_not_the_answer() -> None
     assert kept[0]() == "p7"
 
 
+def test_a_streamed_answer_settles_with_no_prompt_id() -> None:
+    """A StreamResponse (a pack's handler may answer with one) has no body to read."""
+    settled: list[Any] = []
+
+    class Bridge:
+        def settle(self, scope: Any, status: int, prompt_id_of: Any) -> None:
+            settled.append((status, prompt_id_of()))
+
+    BridgePart(Bridge()).settle(PromptScope(), web.StreamResponse(status=200))  # type: ignore[arg-type]
+    assert settled == [(200, None)]
+
+
 def test_no_answer_settles_nothing() -> None:
     settled: list[Any] = []
 
