@@ -151,7 +151,7 @@ class CredentialsPart:
                 return request, None
             request = credentials.given_to(request)
 
-        def remember(scope: PromptScope, response: web.StreamResponse | None) -> None:
+        def remember(_scope: PromptScope, response: web.StreamResponse | None) -> None:
             # Only an accepted prompt is answered with its id (ComfyUI's post_prompt).
             prompt_id = None if response is None else _prompt_id(response)
             if prompt_id is not None:

@@ -92,13 +92,12 @@ def prompt_middleware(
         connection = None if connections is None else self_connection(request, connections)
         scope = PromptScope(connection)
         token = SCOPE.set(scope)
-        exits: list[PartExit] | None = None  # most requests need none: no list for them
+        exits: list[PartExit] = []
         response: web.StreamResponse | None = None
         try:
             for part in steps:
                 request, on_exit = part.enter(request, scope)
                 if on_exit is not None:
-                    exits = exits or []
                     exits.append(on_exit)
             try:
                 response = await handler(request)
@@ -106,7 +105,7 @@ def prompt_middleware(
                 response = answered.response()
         finally:
             SCOPE.reset(token)
-            for on_exit in reversed(exits or ()):
+            for on_exit in reversed(exits):
                 on_exit(scope, response)
         return response
 
@@ -127,8 +126,7 @@ class BridgePart:
     def settle(self, scope: PromptScope, response: web.StreamResponse | None) -> None:
         if response is None:
             return
-        body = response.body if isinstance(response, web.Response) else None
-        # The answer's bytes, not the answer: the ledger may keep this for a while.
+        body = _body_of(response)  # not the answer itself: the ledger may keep this a while
         self.bridge.settle(scope, response.status, lambda: _prompt_id_in(body))
 
 
@@ -146,7 +144,12 @@ def clientid_bridge_middleware(
 
 def _prompt_id(response: web.StreamResponse) -> str | None:
     """ComfyUI answers an accepted prompt with {"prompt_id": ...}."""
-    return _prompt_id_in(response.body if isinstance(response, web.Response) else None)
+    return _prompt_id_in(_body_of(response))
+
+
+def _body_of(response: web.StreamResponse) -> object:
+    """The body of an answer made whole (web.Response); None for a streamed one."""
+    return response.body if isinstance(response, web.Response) else None
 
 
 def _prompt_id_in(body: object) -> str | None:
