@@ -8,6 +8,12 @@ Run: python bench/bridge_overhead.py [--rounds 21] [--scale 1.0]    (about 100 s
      python bench/bridge_overhead.py --floor --only browser
        (the measured server runs a pack of one no-op middleware instead: what any /prompt
        middleware costs on this machine, the floor under this package's ratio)
+     python bench/bridge_overhead.py --only "valid, browser" --no-pin
+       (nothing pinned: each server's handler and executor threads may run on different
+       CPUs, as on a server machine; noisier)
+     python bench/bridge_overhead.py --only "valid, browser" --slice-us 3000
+       (diagnostic: every server thread's kernel scheduler slice set, default 750 us on
+       Linux >= 6.12; see README, Limits)
 
 1. Two ComfyUI servers run at once, one with this package and one with no custom node
    pack, each with its own temp folders. One client process drives both: per round and
@@ -38,9 +44,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import platform
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -476,10 +484,38 @@ def pin(server_pids: list[int]) -> str:
         return "CPU pinning: off (one CPU)"
     client, servers = cpus[0], cpus[1]
     os.sched_setaffinity(0, {client})
-    for pid in server_pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            os.sched_setaffinity(int(task.name), {servers})
+    for tid in _threads(server_pids):
+        os.sched_setaffinity(tid, {servers})
     return f"CPU pinning: client on CPU {client}, all threads of both servers on CPU {servers}"
+
+
+def _threads(server_pids: list[int]) -> list[int]:
+    return [int(task.name) for pid in server_pids for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
+# struct sched_attr, SCHED_ATTR_SIZE_VER0 (include/uapi/linux/sched/types.h): size, policy,
+# flags, nice, priority, runtime, deadline, period.
+_SCHED_ATTR = "IIQiIQQQ"
+_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}
+
+
+def set_slice(server_pids: list[int], microseconds: int) -> str:
+    """--slice-us: every server thread's scheduler slice (SCHED_OTHER with sched_runtime,
+    Linux >= 6.12 EEVDF; the default is 0.75 ms). A diagnostic, not a setting to ship:
+    how the rate ratio moves with the slice shows whether a difference comes from where
+    the kernel preempts the handler rather than from CPU time spent."""
+    number = _SYS_SCHED_SETATTR.get(platform.machine())
+    if number is None or platform.system() != "Linux":
+        raise SystemExit(f"--slice-us: sched_setattr is not known here ({platform.machine()})")
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = struct.pack(_SCHED_ATTR, struct.calcsize(_SCHED_ATTR), 0, 0, 0, 0,
+                       microseconds * 1000, 0, 0)  # fmt: skip
+    threads = _threads(server_pids)
+    for tid in threads:
+        if libc.syscall(number, tid, ctypes.create_string_buffer(attr), 0) != 0:
+            error = ctypes.get_errno()
+            raise SystemExit(f"--slice-us: sched_setattr failed: {os.strerror(error)}")
+    return f"scheduler slice: {microseconds} us on all {len(threads)} threads of both servers"
 
 
 def write_pack(base: Path, name: str, source: str) -> Path:
@@ -528,6 +564,18 @@ def main() -> int:
         help="'with' runs a pack of one no-op middleware instead of this package: the cost "
         "of any /prompt middleware, this machine's floor for the ratio (skips part 2)",
     )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="pin nothing: the servers' threads may use every CPU, as on a server machine "
+        "(noisier; the default pinning puts both servers on one CPU)",
+    )
+    parser.add_argument(
+        "--slice-us",
+        type=int,
+        default=0,
+        help="diagnostic: set every server thread's scheduler slice (Linux >= 6.12)",
+    )
     options = parser.parse_args()
     if options.floor and options.with_env:
         parser.error("--floor measures a no-op pack, not this package: no --with-env with it")
@@ -554,7 +602,10 @@ def main() -> int:
             what = "a no-op middleware pack" if options.floor else "this package"
             what += f" with {with_env}" if with_env else ""
             print(f"  with:    {servers['with'].url} ({what})")
-            print(f"  {pin([comfy.process.pid for comfy in servers.values()])}")
+            pids = [comfy.process.pid for comfy in servers.values()]
+            print(f"  {'CPU pinning: off (--no-pin)' if options.no_pin else pin(pids)}")
+            if options.slice_us:
+                print(f"  {set_slice(pids, options.slice_us)}")
             asyncio.run(throughput(servers, options.rounds, options.scale, options.only))
         if options.only or options.floor:
             print(f"\ntotal {time.monotonic() - started:.0f} s")
