@@ -112,6 +112,23 @@ def route_queue_puts(
     queue.put = wrap(queue.put)
 
 
+def hold_executor_wakes(server: Any, wrap: Callable[[Any], Any]) -> bool:
+    """Puts a stand-in around the condition the executor waits on for queued prompts.
+
+    v0.3.64 and 0.8.0 execution.PromptQueue: `not_empty = threading.Condition(mutex)`;
+    put() calls `self.not_empty.notify()` under the mutex after the heappush and the
+    status message, get() waits with `with self.not_empty:` and
+    `self.not_empty.wait(timeout=...)`; both look the attribute up on the instance at
+    every call. main.py's prompt_worker waits with a timeout of up to 1000 s. False (and
+    nothing changed) for a queue without one: a pack's or a later core's own queue."""
+    queue = server.prompt_queue
+    condition = getattr(queue, "not_empty", None)
+    if condition is None or not callable(getattr(condition, "notify", None)):
+        return False
+    queue.not_empty = wrap(condition)
+    return True
+
+
 def running_prompt_id(server: Any) -> str | None:
     item = running_item(server)
     return None if item is None else str(item[1])

@@ -21,6 +21,7 @@ from .batch.control import (
     stop_batch,
 )
 from .batch.engine import batch_engine
+from .routing.answer_first import ANSWER_FIRST_SWITCH, HeldWakes
 from .routing.broadcasts import (
     BroadcastRouter,
     keep_broadcast_from,
@@ -129,6 +130,14 @@ def _install(server: Any) -> bool:
         SELF_CONNECTIONS.watch_port(port)
     _install_batch(server)
     parts: list[PromptPart] = [_credentials_part(server)]
+    if not enabled(switch=ANSWER_FIRST_SWITCH):
+        logger.info(
+            "clientid_bridge: the executor wakes at the put, as core (%s)", ANSWER_FIRST_SWITCH
+        )
+    elif not internals.hold_executor_wakes(server, HeldWakes):
+        logger.info(
+            "clientid_bridge: the prompt queue has no not_empty condition; answers go as core's"
+        )
     install_request_guard(  # on even when the bridge is off: it keeps ComfyUI alive
         app,
         add_on_prompt_handler=server.add_on_prompt_handler,

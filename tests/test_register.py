@@ -18,6 +18,7 @@ from comfy_clientid_bridge.batch import engine as engine_module
 from comfy_clientid_bridge.batch.control import CONTROL
 from comfy_clientid_bridge.batch.engine import BatchEngine
 from comfy_clientid_bridge.batch.state import StateStore
+from comfy_clientid_bridge.routing.answer_first import ANSWER_FIRST_SWITCH, HeldWakes
 from comfy_clientid_bridge.routing.middleware import BRIDGE, MARKER, status
 
 ROUTES = [
@@ -49,7 +50,9 @@ def fake_server() -> Any:
         on_prompt_handlers=handlers,
         add_on_prompt_handler=handlers.append,
         sockets={"tab": object()},
-        prompt_queue=SimpleNamespace(currently_running={}, put=put.append, items=put),
+        prompt_queue=SimpleNamespace(
+            currently_running={}, put=put.append, items=put, not_empty=threading.Condition()
+        ),
         send_sync=lambda event, data, sid=None: sent.append((event, data, sid)),
         send=send,
         sent=sent,
@@ -87,6 +90,34 @@ def test_environment_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch, value:
     assert ours(server) == [] and server.on_prompt_handlers == []
     assert [route.path for route in server.routes] == ROUTES  # the batch stop stays
     assert BRIDGE not in server.app and CONTROL in server.app
+
+
+def test_the_executor_s_condition_gets_the_stand_in_once() -> None:
+    server = fake_server()
+    condition = server.prompt_queue.not_empty
+    register._install(server)
+    register._install(server)
+    held = server.prompt_queue.not_empty
+    assert isinstance(held, HeldWakes) and held.condition is condition
+
+
+@pytest.mark.parametrize("switch", [register.ENV_SWITCH, ANSWER_FIRST_SWITCH])
+def test_answer_first_has_its_own_switch(monkeypatch: pytest.MonkeyPatch, switch: str) -> None:
+    monkeypatch.setenv(switch, "0")
+    server = fake_server()
+    register._install(server)
+    held = isinstance(server.prompt_queue.not_empty, HeldWakes)
+    assert held is (switch != ANSWER_FIRST_SWITCH)  # on with the bridge off, like the guard
+
+
+def test_a_queue_without_the_condition_is_left_as_it_is() -> None:
+    server = fake_server()
+    del server.prompt_queue.not_empty
+    assert internals.hold_executor_wakes(server, HeldWakes) is False
+    server.prompt_queue.not_empty = object()
+    assert internals.hold_executor_wakes(server, HeldWakes) is False
+    assert register._install(server) is True
+    assert not isinstance(server.prompt_queue.not_empty, HeldWakes)
 
 
 def test_frozen_app_is_left_alone() -> None:

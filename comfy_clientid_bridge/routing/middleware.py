@@ -5,7 +5,8 @@ the request guard (routing/guard.py) and the bridge (below). They run in one mid
 frame, not three: each `PromptPart` may see the request before ComfyUI's handler (`enter`)
 and the answer after it (the exit `enter` returns). The self-connection lookup is made once
 for all of them, and they share one `PromptScope` (routing/scope.py), which their hooks
-inside ComfyUI's handler read and fill.
+inside ComfyUI's handler read and fill. When the handler has queued a prompt, the answer
+is written before the executor is woken for it (routing/answer_first.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .answer_first import answer_now
 from .broadcasts import BroadcastRouter
 from .decisions import Bridge
 from .queue_puts import QueuePutRouter
@@ -103,10 +105,16 @@ def prompt_middleware(
                 response = await handler(request)
             except Answered as answered:
                 response = answered.response()
+            if scope.wake is not None:  # a prompt was queued: answer before its executor runs
+                await answer_now(request, response)
         finally:
             SCOPE.reset(token)
-            for on_exit in reversed(exits):
-                on_exit(scope, response)
+            try:
+                for on_exit in reversed(exits):
+                    on_exit(scope, response)
+            finally:
+                if scope.wake is not None:
+                    scope.wake()
         return response
 
     setattr(clientid_bridge, MARKER, any(isinstance(part, BridgePart) for part in steps))

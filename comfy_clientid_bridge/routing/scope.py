@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .answer_first import Wake
     from .decisions import Decision
     from .lineage import PromptRecord
     from .self_connections import SelfConnection
@@ -23,7 +24,9 @@ class PromptScope:
     - `refusal`: the guard's 400 answer, when it refuses the body (routing/guard.py);
     - `decision`, `record`: the bridge's decision on node code's request and the ledger's
       record of it; `submitted`: a tab's well-formed body, remembered if accepted
-      (routing/decisions.py).
+      (routing/decisions.py);
+    - `wake`: the executor's wake-up that the queue's put made, held until the answer is
+      written (routing/answer_first.py).
 
     One object and one context variable for all parts: the request path of every prompt
     pays for them, so there is one of each, not one per part.
@@ -34,6 +37,7 @@ class PromptScope:
     decision: Decision | None = None
     record: PromptRecord | None = None
     submitted: dict[str, Any] | None = None
+    wake: Wake | None = None
 
 
 SCOPE: ContextVar[PromptScope | None] = ContextVar("clientid_bridge_prompt_scope", default=None)
