@@ -213,3 +213,9 @@ def test_a_real_waiter_is_woken_through_the_stand_in() -> None:
         woken.wait(0.01)
     thread.join(10)
     assert woken.is_set()
+
+
+def test_the_executor_s_timed_wait_still_times_out() -> None:
+    held = HeldWakes(threading.Condition())
+    with held:
+        assert held.wait(0.01) is False  # prompt_worker's wait(timeout=...) until its gc
