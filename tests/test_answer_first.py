@@ -138,6 +138,23 @@ async def test_an_answer_the_handler_sent_itself_is_left_as_it_is(
     assert written.count(("notify", 1)) == 1
 
 
+async def test_with_a_middleware_outside_ours_the_answer_waits_for_it(
+    aiohttp_client: Client, written: list[Any]
+) -> None:
+    app = app_with("answers", written)
+
+    @web.middleware
+    async def replacing(request: web.Request, handler: Any) -> web.StreamResponse:
+        await handler(request)
+        return web.json_response({"replaced": True})
+
+    app.middlewares.insert(0, replacing)
+    client = await aiohttp_client(app)
+    response = await client.post("/prompt", json={})
+    assert await response.json() == {"replaced": True}
+    assert written == [("notify", 1), "answer written"]  # woken as our middleware returned
+
+
 async def test_the_answer_s_bytes_are_core_s(aiohttp_client: Client) -> None:
     answers = []
     for held in (True, False):

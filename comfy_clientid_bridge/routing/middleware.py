@@ -105,8 +105,8 @@ def prompt_middleware(
                 response = await handler(request)
             except Answered as answered:
                 response = answered.response()
-            if scope.wake is not None:  # a prompt was queued: answer before its executor runs
-                await answer_now(request, response)
+            if scope.wake is not None and _outermost(request, clientid_bridge):
+                await answer_now(request, response)  # a prompt was queued: answer first
         finally:
             SCOPE.reset(token)
             try:
@@ -119,6 +119,13 @@ def prompt_middleware(
 
     setattr(clientid_bridge, MARKER, any(isinstance(part, BridgePart) for part in steps))
     return clientid_bridge
+
+
+def _outermost(request: web.Request, middleware: Middleware) -> bool:
+    """Whether `middleware` is the app's first, with no other to see the answer after it:
+    one outside it could still replace the answer, which must then not be on the wire."""
+    middlewares = request.app.middlewares
+    return bool(middlewares) and middlewares[0] is middleware
 
 
 class BridgePart:
