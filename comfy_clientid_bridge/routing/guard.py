@@ -11,12 +11,12 @@ the table; tests/integration/test_fuzz_prompt.py checks it against real servers)
 How a refusal happens without a second JSON parse and without changing any other answer:
 our on-prompt handler (core hands it the parsed body) notes the refusal in the scope the
 package's middleware opened for the request (routing/scope.py), and hands core the body
-defused (no client_id, an empty extra_data, no prompt_id of its own). Core then validates the graph as always: an invalid
-graph gets core's own 400, byte for byte, as the defused fields play no part in it. A valid
-one reaches `prompt_queue.put`, which we wrap: for a request with a noted refusal it raises
-`Refused` instead of queueing, and the package's middleware (routing/middleware.py, where
-the guard is one part) answers our 400. Should the wrapper be missing, the defused body is
-what runs, and it harms nobody.
+defused (no client_id, an empty extra_data, no prompt_id of its own). Core then validates
+the graph as always: an invalid graph gets core's own 400, byte for byte, as the defused
+fields play no part in it. A valid one reaches `prompt_queue.put`, which we wrap: for a
+request with a noted refusal it raises `Refused` instead of queueing, and the package's
+middleware (routing/middleware.py, where the guard is one part) answers our 400. Should
+the wrapper be missing, the defused body is what runs, and it harms nobody.
 """
 
 from __future__ import annotations

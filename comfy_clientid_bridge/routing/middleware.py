@@ -109,10 +109,12 @@ def prompt_middleware(
                 await answer_now(request, response)  # a prompt was queued: answer first
         finally:
             SCOPE.reset(token)
+            # The exits before the wake: the credentials store reads the queue under its
+            # mutex, which a woken executor would take first.
             try:
                 for on_exit in reversed(exits):
                     on_exit(scope, response)
-            finally:
+            finally:  # a part's failing exit must not leave the executor asleep
                 if scope.wake is not None:
                     scope.wake()
         return response
