@@ -22,6 +22,10 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # another torch than the CPU one, which pip would then fetch as a CUDA build of several GB.
 TORCH_CPU = ("torch", "torchvision", "torchaudio", "--index-url", TORCH_CPU_INDEX)
 
+# 0.8.0's server imports requests (app/frontend_management.py) without listing it: it came
+# with huggingface-hub, whose newer releases no longer need it, so a fresh install lacks it.
+UNLISTED = ("requests",)
+
 # Where the clone comes from (a git URL or a local mirror) and the pip arguments that install
 # torch: for a machine without the internet, and for the test that installs from a mirror.
 SOURCE_VARIABLE = "COMFY_CLIENTID_BRIDGE_COMFYUI_SOURCE"
@@ -29,8 +33,8 @@ TORCH_VARIABLE = "COMFY_CLIENTID_BRIDGE_TORCH"
 
 # What a CPU install downloads, said before it starts; the parts are in docs/demo.md.
 ESTIMATE = (
-    "about 1 GB (an estimate from the sizes of the CPU torch wheels and of ComfyUI's"
-    " requirements for Python 3.11 on Linux x86_64; see docs/demo.md)"
+    "about 600 MB (ComfyUI and its requirements as measured on Linux x86_64 with Python 3.11,"
+    " plus the usual size of the CPU torch wheels; docs/demo.md has the parts)"
 )
 
 DECLINED = "Not installed. To have the demo install it without asking, add --install."
@@ -92,8 +96,8 @@ def git_steps(
         Step(f"venv: {checkout / '.venv'}", (python, "-m", "venv", str(checkout / ".venv"))),
         Step(f"pip: {' '.join(torch)}", (*pip, *torch)),
         Step(
-            "pip: ComfyUI's requirements.txt",
-            (*pip, "-r", str(checkout / "requirements.txt")),
+            "pip: ComfyUI's requirements.txt, and requests",
+            (*pip, "-r", str(checkout / "requirements.txt"), *UNLISTED),
         ),
         Step(
             "check: the venv imports torch and aiohttp", (str(venv), "-c", "import torch, aiohttp")
