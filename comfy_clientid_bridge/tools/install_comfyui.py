@@ -14,7 +14,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# The release every tier is tested on (README, Compatibility): tag v0.8.0, upstream 3cd7b32f.
+# The release every tier is tested on (docs/compatibility.md): tag v0.8.0, upstream 3cd7b32f.
 RELEASE = "0.8.0"
 UPSTREAM = "https://github.com/comfyanonymous/ComfyUI"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
