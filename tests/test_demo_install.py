@@ -15,6 +15,7 @@ from comfy_clientid_bridge.tools import demo as demo_module
 from comfy_clientid_bridge.tools.demo import demo, ready_comfyui
 from comfy_clientid_bridge.tools.install_comfyui import (
     DECLINED,
+    ESTIMATE,
     SOURCE_VARIABLE,
     TORCH_CPU,
     TORCH_VARIABLE,
@@ -96,6 +97,7 @@ def test_comfy_cli_installs_when_it_is_there(tmp_path: Path) -> None:
             "0.8.0",
         )
     ]
+    assert steps[0].title == f"comfy-cli: ComfyUI 0.8.0 with CPU torch into {tmp_path / 'ComfyUI'}"
     # Else comfy-cli would install ComfyUI's packages into the venv the demo runs in.
     assert steps[0].env == {"PATH": "/bin"}
 
@@ -128,6 +130,13 @@ def test_git_and_a_venv_otherwise(
         (venv_python, "-c", "import torch, aiohttp"),
     ]
     assert all(step.env is None for step in steps)
+    assert [step.title for step in steps] == [  # what the user sees as each step starts
+        f"git: ComfyUI v0.8.0 from {source}",
+        f"venv: {checkout / '.venv'}",
+        f"pip: {' '.join(torch)}",
+        "pip: ComfyUI's requirements.txt, and requests",
+        "check: the venv imports torch and aiohttp",
+    ]
 
 
 def test_the_cpu_torch_comes_from_pytorchs_cpu_index_with_torchaudio() -> None:
@@ -152,11 +161,13 @@ class FakeRun:
     def __init__(self, checkout: Path, outcomes: dict[str, int | BaseException]) -> None:
         self.checkout, self.outcomes = checkout, outcomes
         self.ran: list[str] = []
+        self.envs: list[dict[str, str] | None] = []
 
     def __call__(
         self, command: Sequence[str], env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         self.ran.append(command[0])
+        self.envs.append(env)
         self.checkout.mkdir(parents=True, exist_ok=True)
         (self.checkout / f"made-by-{command[0]}").write_text("")
         outcome = self.outcomes.get(command[0], 0)
@@ -165,22 +176,31 @@ class FakeRun:
         return subprocess.CompletedProcess(command, outcome)
 
 
-STEPS = [Step("clone", ("clone",)), Step("venv", ("venv",)), Step("pip", ("pip",))]
+STEPS = [
+    Step("clone", ("clone",)),
+    Step("venv", ("venv",), {"PATH": "/bin"}),
+    Step("pip", ("pip",)),
+]
 
 
 def test_an_install_that_succeeds_keeps_the_checkout_and_drops_the_marker(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    checkout = tmp_path / "comfy" / "ComfyUI"
+    checkout = tmp_path / "home" / "comfy" / "ComfyUI"  # neither home nor comfy/ there yet
     run = FakeRun(checkout, {})
     with caplog.at_level(logging.INFO):
         assert install(checkout, STEPS, run) is None
     assert run.ran == ["clone", "venv", "pip"]
+    assert run.envs == [None, {"PATH": "/bin"}, None]  # each step's own environment
     assert (checkout / "made-by-pip").is_file()
     assert not unfinished_marker(checkout).exists()
-    said = caplog.text
-    assert "about 600 MB" in said
-    assert said.index("to download") < said.index("[1/3] clone") < said.index("[3/3] pip")
+    assert caplog.messages == [
+        f"Installing ComfyUI 0.8.0 into {checkout}: {ESTIMATE} to download.",
+        "[1/3] clone",
+        "[2/3] venv",
+        "[3/3] pip",
+    ]
+    assert ESTIMATE.startswith("about 600 MB")
 
 
 @pytest.mark.parametrize(
