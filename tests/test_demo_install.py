@@ -247,7 +247,9 @@ def test_an_empty_folder_is_installed_into(tmp_path: Path) -> None:
     assert install(checkout, STEPS, FakeRun(checkout, {})) is None
 
 
-def test_an_install_killed_midway_is_not_a_comfyui_and_is_redone(tmp_path: Path) -> None:
+def test_an_install_killed_midway_is_not_a_comfyui_and_is_redone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     checkout = tmp_path / "ComfyUI"
     (checkout / ".venv" / "bin").mkdir(parents=True)
     (checkout / "main.py").write_text("")
@@ -257,7 +259,9 @@ def test_an_install_killed_midway_is_not_a_comfyui_and_is_redone(tmp_path: Path)
         f"an unfinished install at {checkout} (the demo's --install redoes it)"
     )
     run = FakeRun(checkout, {})
-    assert install(checkout, STEPS, run) is None
+    with caplog.at_level(logging.INFO):
+        assert install(checkout, STEPS, run) is None
+    assert caplog.messages[0] == f"Removing the unfinished install at {checkout}"
     assert sorted(p.name for p in checkout.iterdir()) == [
         "made-by-clone",
         "made-by-pip",
