@@ -13,7 +13,7 @@ Run: python bench/bridge_overhead.py [--rounds 21] [--scale 1.0]    (about 100 s
        CPUs, as on a server machine; noisier)
      python bench/bridge_overhead.py --only "valid, browser" --slice-us 3000
        (diagnostic: every server thread's kernel scheduler slice set, default 750 us on
-       Linux >= 6.12; see README, Limits)
+       Linux >= 6.12; see docs/benchmarks.md)
 
 1. Two ComfyUI servers run at once, one with this package and one with no custom node
    pack, each with its own temp folders. One client process drives both: per round and

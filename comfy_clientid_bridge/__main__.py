@@ -25,6 +25,12 @@ def parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--compare", action="store_true", help="also show the naive loop without us")
     demo.add_argument("--comfyui", type=Path, help="the ComfyUI checkout (default: searched)")
+    demo.add_argument(
+        "--install",
+        action="store_true",
+        help="with no ComfyUI found, install the tested release (CPU only) into --comfyui or "
+        "~/comfy/ComfyUI without asking (on a terminal the demo asks)",
+    )
     batch = commands.add_parser(
         "batch",
         help="run a folder through a workflow on one or several running ComfyUI servers",
@@ -60,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
         from .tools.demo import demo as run_demo
 
-        return run_demo(args.compare, args.comfyui)
+        return run_demo(
+            args.compare,
+            args.comfyui,
+            install_wanted=args.install,
+            interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+        )
     from .tools.cli import batch as run_batch
 
     servers = args.server or [DEFAULT_SERVER]

@@ -107,8 +107,8 @@ def _install_batch(server: Any) -> None:
 
 def _credentials_part(server: Any) -> CredentialsPart:
     """Node code's re-queues carry their origin's credentials past auth packs; on even when
-    the bridge is off, so our own Batch Next keeps going behind a login (README: Behind a
-    login)."""
+    the bridge is off, so our own Batch Next keeps going behind a login (docs/security.md,
+    Behind a login)."""
     store = CredentialStore(is_live=lambda prompt_id: internals.is_prompt_alive(server, prompt_id))
     return CredentialsPart(
         store=store,

@@ -128,7 +128,7 @@ print_env() {
 
 how_to_fetch() {
   cat <<TEXT
-ComfyUI checkouts are not fetched by this script. The two the README's table names:
+ComfyUI checkouts are not fetched by this script. The two docs/compatibility.md names:
   git clone https://github.com/comfyanonymous/ComfyUI "$root/ComfyUI" && git -C "$root/ComfyUI" checkout v0.3.64
   git clone https://github.com/comfyanonymous/ComfyUI "$root/ComfyUI-0.8.0" && git -C "$root/ComfyUI-0.8.0" checkout 3cd7b32f
   (or: pipx install comfy-cli && comfy --skip-prompt --workspace "$root/ComfyUI" install --cpu --version 0.3.64)

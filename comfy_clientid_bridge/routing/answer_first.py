@@ -5,7 +5,7 @@ Core's handler queues the prompt (`PromptQueue.put`, which notifies the executor
 returned. The woken executor asks for the GIL, the handler gives it up at the write's
 socket call, and where the two threads share a CPU the kernel often runs the executor
 right there: it runs the prompt, all of it for a cheap graph, before the answer leaves.
-Measured with two real ComfyUI servers on one CPU (bench/bridge_overhead.py, README):
+Measured with two real ComfyUI servers on one CPU (bench/bridge_overhead.py, docs/benchmarks.md):
 that hand-off, not the package's few microseconds, made back-to-back browser prompts
 slower with the package.
 

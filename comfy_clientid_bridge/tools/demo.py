@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,14 @@ from typing import Any
 import aiohttp
 
 from .cli import run_batch as run_cli_batch
+from .install_comfyui import (
+    DECLINED,
+    default_workspace,
+    install,
+    install_steps,
+    question,
+    wants_install,
+)
 from .launcher import (
     NAIVE_PACK,
     REPO,
@@ -315,9 +323,9 @@ def python_problem(python: Path, timeout: float = PYTHON_CHECK_TIMEOUT) -> str |
     return None
 
 
-GET_COMFYUI = """To get a ComfyUI (CPU only, about 2 GB), with comfy-cli:
+GET_COMFYUI = """To get a ComfyUI (CPU only): run the demo again with --install, or with comfy-cli:
   pipx install comfy-cli      # or: python3 -m pip install --user comfy-cli
-  comfy --skip-prompt --workspace ~/comfy/ComfyUI install --cpu
+  comfy --skip-prompt --workspace ~/comfy/ComfyUI install --cpu --version 0.8.0
   python -m comfy_clientid_bridge demo --comfyui ~/comfy/ComfyUI
 If comfy-cli installed ComfyUI's packages into another Python than ~/comfy/ComfyUI/.venv,
 point COMFYUI_PYTHON at that python."""
@@ -328,11 +336,28 @@ def not_found(looked: list[str]) -> str:
     return f"demo: no ComfyUI found. Looked at:\n{lines}\n{GET_COMFYUI}"
 
 
-def ready_comfyui(explicit: Path | None) -> tuple[Path, Path] | str:
-    """The ComfyUI to run the demo on, checked; else what to tell the user."""
+def ready_comfyui(
+    explicit: Path | None,
+    *,
+    install_wanted: bool = False,
+    interactive: bool = False,
+    ask: Callable[[str], str] = input,
+) -> tuple[Path, Path] | str:
+    """The ComfyUI to run the demo on, checked; else what to tell the user. With none found,
+    one is installed where it is looked for first (`--comfyui`, else comfy-cli's default),
+    when --install says so or the user, asked on a terminal, does."""
     found, looked = locate_comfyui(comfyui_places(explicit))
     if found is None:
-        return not_found(looked + ([] if explicit else missing_configs()))
+        message = not_found(looked + ([] if explicit else missing_configs()))
+        target = explicit.expanduser() if explicit else default_workspace()
+        if not wants_install(install_wanted, interactive, ask, question(target)):
+            return f"{message}\n{DECLINED}" if interactive else message
+        failure = install(target, install_steps(target))
+        if failure is not None:
+            return f"demo: installing ComfyUI failed: {failure}\n{message}"
+        found, looked = locate_comfyui(comfyui_places(explicit))
+        if found is None:
+            return not_found(looked)
     problem = python_problem(found[1])
     if problem:
         return f"demo: ComfyUI at {found[0]}, but {problem}.\n{GET_COMFYUI}"
@@ -366,10 +391,17 @@ async def _demo(compare: bool, comfyui: tuple[Path, Path]) -> int:
     return status
 
 
-def demo(compare: bool = False, comfyui: Path | None = None) -> int:
-    """Exit status: the batch's; 2 when no ComfyUI that can run is found (and says where it
-    looked and how to get one)."""
-    found = ready_comfyui(comfyui)
+def demo(
+    compare: bool = False,
+    comfyui: Path | None = None,
+    *,
+    install_wanted: bool = False,
+    interactive: bool = False,
+    ask: Callable[[str], str] = input,
+) -> int:
+    """Exit status: the batch's; 2 when no ComfyUI that can run is found or installed (and
+    says where it looked and how to get one)."""
+    found = ready_comfyui(comfyui, install_wanted=install_wanted, interactive=interactive, ask=ask)
     if isinstance(found, str):
         logger.error("%s", found)
         return 2

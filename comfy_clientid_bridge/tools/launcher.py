@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from ..internals import READY_LOG_LINE
+from .install_comfyui import unfinished_marker
 
 REPO = Path(__file__).resolve().parents[2]
 # What other packs do: re-queue the next iteration by POSTing /prompt from node code.
@@ -36,6 +37,8 @@ def checkout_and_python(checkout: Path, python: Path | None) -> tuple[Path, Path
     """(checkout, python) when both are there; else why not. No python: the checkout's venv."""
     if not (checkout / "main.py").is_file():
         return f"no ComfyUI checkout at {checkout} (set COMFYUI_PATH)"
+    if unfinished_marker(checkout).exists():
+        return f"an unfinished install at {checkout} (the demo's --install redoes it)"
     python = python or venv_python(checkout)
     if not python.is_file():
         return f"no python for ComfyUI at {python} (set COMFYUI_PYTHON)"

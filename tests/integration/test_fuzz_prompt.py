@@ -301,7 +301,8 @@ def parsed(body: bytes) -> tuple[bool, Any]:
 
 
 def well_formed(value: Any) -> bool:
-    """The shapes the bridge decides on (README rule 6); anything else is ComfyUI's to answer."""
+    """The shapes the bridge decides on (docs/how-it-decides.md, rule 6); anything else is
+    ComfyUI's to answer."""
     if not isinstance(value, dict) or not isinstance(value.get("prompt"), dict):
         return False
     client_id, extra = value.get("client_id"), value.get("extra_data", {})
