@@ -8,6 +8,7 @@ and 1.58 (1.58 replaced PrimeVue's toast, whose `.p-toast-message` an earlier ve
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -66,10 +67,13 @@ def photos(folder: Path, count: int, size: int = 700) -> Path:
     return folder
 
 
-def open_tab(browser: Any, url: str) -> Any:
+def open_tab(browser: Any, url: str, **settings: Any) -> Any:
+    """A tab of the frontend, after the user settings given (read once as the page loads)."""
     page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
     # A new user gets the template gallery over the canvas; a returning one does not.
     page.request.post(f"{url}/api/settings/Comfy.TutorialCompleted", data="true")
+    for name, value in settings.items():
+        page.request.post(f"{url}/api/settings/{name}", data=json.dumps(value))
     page.goto(url)
     page.wait_for_function(
         "window.app && window.app.graph && window.app.vueAppReady", timeout=60_000
@@ -273,3 +277,131 @@ def test_stop_button_stops_the_batch(
     assert sorted(p.name for p in out.glob("*.png")) == saved
     assert 2 <= len(saved) < 20
     assert tab.evaluate(SNAPSHOT)["badge"].startswith("stopped")
+
+
+NODES_2 = "Comfy.VueNodes.Enabled"  # "Modern Node Design (Nodes 2.0)" in the settings
+
+# Where the batch's state shows, in page pixels ([left, top, width, height]), for the nodes
+# given ({node id: the text it should show}), and what it must not cover: the node's title
+# and its input labels. Nodes 2.0 renders nodes as elements with `data-node-id`: their boxes
+# are measured. The classic canvas draws them: their boxes come from the node's geometry
+# (LiteGraph's title height, getConnectionPos) through the canvas transform. Either way the
+# text is an element (core's progress-text widget), found by its exact text inside the node's
+# box, never inside a toast (an ARIA alert/status/live region).
+LAYOUT = """(texts) => {
+  const app = window.app, ds = app.canvas.ds, title = LiteGraph.NODE_TITLE_HEIGHT;
+  const where = app.canvas.canvas.getBoundingClientRect();
+  const graphBox = (x, y, w, h) => {
+    const p = ds.convertOffsetToCanvas([x, y]);
+    return [where.left + p[0], where.top + p[1], w * ds.scale, h * ds.scale];
+  };
+  const boxOf = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+  const leaves = (root, text) => [...root.querySelectorAll("*")].filter(e =>
+    e.childElementCount === 0 && e.textContent.trim() === text && e.checkVisibility()
+    && !e.closest("[role=alert],[role=status],[aria-live]"));
+  const inside = (b, n) => b[2] > 0 && b[3] > 0 && b[0] >= n[0] - 1 && b[1] >= n[1] - 1
+    && b[0] + b[2] <= n[0] + n[2] + 1 && b[1] + b[3] <= n[1] + n[3] + 1;
+  const layout = {};
+  for (const [id, text] of Object.entries(texts)) {
+    const node = app.graph.getNodeById(Number(id));
+    const element = document.querySelector(`[data-node-id="${id}"]`);
+    const names = (node.inputs || []).map(i => i.label || i.localized_name || i.name);
+    const box = element ? boxOf(element)
+      : graphBox(node.pos[0], node.pos[1] - title, node.size[0], node.size[1] + title);
+    const heading = element ? leaves(element, node.title).map(boxOf)
+      : [graphBox(node.pos[0], node.pos[1] - title, node.size[0], title)];
+    const labels = element ? names.flatMap(name => leaves(element, name).map(boxOf))
+      : (node.inputs || []).map((input, i) => {
+          const [x, y] = node.getConnectionPos(true, i);
+          return graphBox(x, y - 8, node.pos[0] + node.size[0] / 2 - x, 16);
+        });
+    const shown = leaves(document.body, text).map(boxOf).filter(b => inside(b, box));
+    layout[id] = { box, heading, labels, shown, vue: !!element };
+  }
+  return layout;
+}"""
+
+# The classic canvas's pixels of a colour around a node's title bar: where the badge is drawn.
+BADGE_PIXELS = """([id, rgb]) => {
+  const app = window.app, ds = app.canvas.ds, title = LiteGraph.NODE_TITLE_HEIGHT;
+  app.canvas.draw(true, true);
+  const canvas = app.canvas.canvas, where = canvas.getBoundingClientRect();
+  const ratio = canvas.width / where.width, node = app.graph.getNodeById(id);
+  const [left, top] = ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title - 40]);
+  const width = node.size[0] * ds.scale, height = (title + 40) * ds.scale;
+  const data = canvas.getContext("2d").getImageData(
+    left * ratio, top * ratio, width * ratio, height * ratio).data;
+  let count = 0, lowest = -1;
+  for (let i = 0; i < data.length; i += 4) {
+    if (Math.abs(data[i] - rgb[0]) + Math.abs(data[i + 1] - rgb[1]) + Math.abs(data[i + 2] - rgb[2]) > 24) continue;
+    count += 1;
+    lowest = Math.max(lowest, Math.floor(i / 4 / (width * ratio)) / ratio);
+  }
+  return { count, bottom: where.top + top + lowest, titleTop: where.top + top + 40 * ds.scale };
+}"""
+DONE_GREEN = [0x2E, 0x7D, 0x32]  # the badge's colour once a batch is done (web extension)
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    """Whether two [left, top, width, height] boxes share more than a pixel's edge."""
+    return (a[0] + 1 < b[0] + b[2] and b[0] + 1 < a[0] + a[2] and a[1] + 1 < b[1] + b[3]) and b[
+        1
+    ] + 1 < a[1] + a[3]
+
+
+def frontend_version(page: Any) -> tuple[int, ...]:
+    version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || '0'")
+    return tuple(int(part) for part in str(version).split(".")[:3] if part.isdigit())
+
+
+@pytest.mark.parametrize("nodes_2", [False, True], ids=["classic", "nodes-2"])
+def test_badge_and_node_texts_show_and_cover_no_title_or_label(
+    comfy: Comfy, browser: Any, tmp_path: Path, own_subfolder: str, nodes_2: bool
+) -> None:
+    folder = photos(tmp_path / "layout", 3, size=64)
+    tab = open_tab(browser, comfy.url, **{NODES_2: nodes_2})
+    try:
+        if nodes_2 and frontend_version(tab) < (1, 35):
+            pytest.skip("frontend 1.27's Nodes 2.0 preview shows no node badges nor node text")
+        assert (
+            tab.evaluate(f"() => window.app.extensionManager.setting.get('{NODES_2}')") is nodes_2
+        )
+        load_example(tab, folder, subfolder=own_subfolder)
+        # Room above the loader's title for its badge (a fresh canvas puts it at the top).
+        tab.evaluate(
+            "() => { const ds = window.app.canvas.ds; ds.offset[0] += 40; ds.offset[1] += 60;"
+            " window.app.canvas.setDirty(true, true); }"
+        )
+        record(tab)
+        tab.get_by_role("button", name="Run").first.click()
+        watch(tab, lambda s: (s["badge"] or "").startswith("done"), timeout=60)
+        done = "done: 3 saved, 0 skipped"
+        # The progress node ran beside the saver: before it saved the last image or after.
+        last_progress = "() => (window.app.graph.getNodeById(3).widgets || [])"
+        last_progress += ".map(w => String(w.value)).find(v => /^[23]\\/3 /.test(v))"
+        wait_until(tab, last_progress)
+        texts = {"1": done, "3": tab.evaluate(last_progress), "4": done}
+        tab.wait_for_timeout(500)  # the widgets' elements follow the values a frame later
+        layout = tab.evaluate(LAYOUT, texts)
+        shot_name = "nodes-2.png" if nodes_2 else "nodes-classic.png"
+        if UPDATE_SCREENSHOTS and frontend_version(tab) >= (1, 58):
+            boxes = [layout[id]["box"] for id in layout] + [b for b in layout["1"]["shown"]]
+            left = max(0, min(b[0] for b in boxes) - 60)
+            top = max(0, min(b[1] for b in boxes) - 40)
+            right = max(b[0] + b[2] for b in boxes) + 20
+            clip = {"x": left, "y": top, "width": right - left, "height": 520}
+            tab.screenshot(path=str(REPO / "docs" / shot_name), clip=clip)
+    finally:
+        tab.request.post(f"{comfy.url}/api/settings/{NODES_2}", data="false")
+    assert all(part["vue"] is nodes_2 for part in layout.values()), layout
+    for node_id in ("3", "4") if not nodes_2 else ("1", "3", "4"):
+        part = layout[node_id]
+        assert part["shown"], f"node {node_id} shows no {texts[node_id]!r}: {layout}"
+        for covered in part["heading"] + part["labels"]:
+            assert not overlap(part["shown"][0], covered), (node_id, covered, layout)
+    if not nodes_2:  # the canvas draws the badge: its pixels, above the title bar
+        pixels = tab.evaluate(BADGE_PIXELS, [1, DONE_GREEN])
+        assert pixels["count"] > 100, pixels
+        assert pixels["bottom"] <= pixels["titleTop"], pixels
+    nodes = [layout[id]["box"] for id in ("1", "3", "4")]
+    assert not any(overlap(a, b) for a, b in itertools.combinations(nodes, 2)), layout
