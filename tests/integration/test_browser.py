@@ -424,3 +424,8 @@ def test_badge_and_node_texts_show_and_cover_no_title_or_label(
         assert pixels["bottom"] <= pixels["titleTop"], pixels
     nodes = [layout[id]["box"] for id in ("1", "3", "4")]
     assert not any(overlap(a, b) for a, b in itertools.combinations(nodes, 2)), layout
+    if nodes_2:  # the Stop button is an element here: a person's click reaches the extension
+        tab.get_by_role("button", name="Stop batch").click()
+        tab.get_by_text("Batch stopped", exact=True).wait_for(timeout=10_000)
+        stopped = {"1": "stopped: 3/3"}  # and the badge row shows the new text
+        wait_until(tab, f"() => ({LAYOUT})({json.dumps(stopped)})['1'].shown.length === 1")

@@ -84,8 +84,10 @@ async function stopBatch(node) {
 
 // The loader's state as one of its node badges (LGraphNode.badges, frontend 1.27.10 to
 // 1.58.1): the canvas draws badges above the title bar, right-aligned, and Nodes 2.0 (the
-// setting Comfy.VueNodes.Enabled) shows them in the node's badge row under its widgets, so
-// the badge covers neither the title nor a slot in either mode. An empty text is no badge.
+// setting Comfy.VueNodes.Enabled) shows them in the node's badge row (1.58.1: under its
+// widgets; 1.35.9: in its header), so the badge covers neither the title nor a slot in
+// either mode. An empty text is no badge. The progress and next nodes' text is not drawn
+// here: the server sends it as core's progress_text, which the frontend shows on the node.
 // Nodes 2.0 reads a node's badges in a Vue computed (1.58.1 usePartitionedBadges) that
 // tracks reactive state only, and node.badges is not: the function reads a counter kept in
 // pinia's reactive state, and a new badge text bumps it, so the row is drawn again. Without
@@ -133,7 +135,9 @@ app.registerExtension({
       const onNodeCreated = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function () {
         onNodeCreated?.apply(this, arguments);
-        if (window.LGraphBadge && Array.isArray(this.badges)) this.badges.push(() => stateBadge(this));
+        if (window.LGraphBadge && Array.isArray(this.badges)) {
+          this.badges.push(() => stateBadge(this));
+        }
         const button = this.addWidget("button", "Stop batch", null, () => stopBatch(this));
         button.serialize = false; // not a setting: keep saved workflows' widget values as they are
       };
