@@ -8,6 +8,7 @@ and 1.58 (1.58 replaced PrimeVue's toast, whose `.p-toast-message` an earlier ve
 
 from __future__ import annotations
 
+import atexit
 import io
 import itertools
 import json
@@ -52,6 +53,7 @@ def require_comfyui_and_chromium() -> None:
 # the docs' pictures) names it as users see it, whatever this checkout's folder is called.
 PACK = Path(tempfile.mkdtemp(prefix="cib-browser-")) / "comfy-clientid-bridge"
 PACK.symlink_to(REPO, target_is_directory=True)
+atexit.register(shutil.rmtree, PACK.parent, ignore_errors=True)  # removes the link, not REPO
 comfy = browser_comfy_fixture(PACK, check=require_comfyui_and_chromium)
 
 
