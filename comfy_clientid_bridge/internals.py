@@ -236,6 +236,28 @@ def show_node_progress(node_id: str, value: int, total: int) -> None:
     comfy.utils.ProgressBar(total, node_id=node_id).update_absolute(value, total)
 
 
+def show_node_text(server: Any, node_id: str, text: str) -> bool:
+    """Core's `progress_text` for one node, to the running prompt's tab alone.
+
+    v0.3.64 and 0.8.0 server.PromptServer.send_progress_text(text, node_id, sid=None): a
+    binary frame that core's own nodes send with no sid, to every tab; here with the sid of
+    the prompt's client, so no other tab shows it. Sent only to a socket that announced
+    `feature_flags` as its first message (server.websocket_handler keeps them in
+    `sockets_metadata[sid]`): the frontend does (1.27.10, 1.35.9, 1.58.1), an API client
+    such as comfy-api-simplified does not and would take the frame for an image. Frontends
+    1.27.10 to 1.58.1 show the text on the node as a read-only text widget; the node id is
+    the execution id, which they map to a node inside a subgraph. False when not sent.
+    """
+    client_id = current_client_id(server)
+    if client_id is None:
+        return False
+    metadata = getattr(server, "sockets_metadata", {}).get(client_id) or {}
+    if not metadata.get("feature_flags"):
+        return False
+    server.send_progress_text(text, node_id, client_id)
+    return True
+
+
 def user_directory() -> Path:
     import folder_paths
 

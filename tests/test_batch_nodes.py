@@ -52,6 +52,7 @@ class FakeComfy:
     queued: list[dict[str, Any]] = field(default_factory=list)
     servers: list[Any] = field(default_factory=list)  # the server each POST was made to
     progress: list[tuple[str, int, int]] = field(default_factory=list)
+    texts: list[tuple[Any, str, str]] = field(default_factory=list)  # (server, node id, text)
 
     @property
     def input(self) -> Path:
@@ -89,6 +90,7 @@ def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeComfy:
     monkeypatch.setattr(internals, "queue_prompt", fake.queue_prompt)
     monkeypatch.setattr(internals, "execution_blocker", lambda: "blocked")
     monkeypatch.setattr(internals, "show_node_progress", lambda *args: fake.progress.append(args))
+    monkeypatch.setattr(internals, "show_node_text", lambda *args: fake.texts.append(args))
     monkeypatch.setattr(nodes, "_as_tensors", lambda rgb, mask: (rgb[None], mask[None]))
     engine = BatchEngine(StateStore(tmp_path / "state"), fake.output, lambda _: False)
     monkeypatch.setattr(engine_module, "_engine", engine)
@@ -498,6 +500,47 @@ def test_progress_node_formats_the_running_batch(comfy: FakeComfy, photos: Path)
     answer = nodes.BatchProgress().format(loaded["result"][6], loaded["result"][4])
     assert answer["result"] == ("0/3 (0%) · img1.png · ETA --:--",)
     assert answer["ui"] == {"text": ["0/3 (0%) · img1.png · ETA --:--"]}
+
+
+def progress_node(prompt: Any, loaded: dict[str, Any], unique_id: str | None) -> dict[str, Any]:
+    index = loaded["result"][4]
+    return nodes.BatchProgress().format(loaded["result"][6], index, unique_id=unique_id)
+
+
+def stopped_next(prompt: Any, loaded: dict[str, Any], unique_id: str | None) -> dict[str, Any]:
+    engine().stop(loaded["result"][6])
+    return next_node(prompt, loaded, unique_id)
+
+
+def next_node(prompt: Any, loaded: dict[str, Any], unique_id: str | None) -> dict[str, Any]:
+    return nodes.BatchNext().advance(loaded["result"][6], "x", prompt, None, unique_id=unique_id)
+
+
+@pytest.mark.parametrize(
+    ("run", "unique_id", "shown"),
+    [
+        (progress_node, "3", "1/3 (33%) · img1.png · ETA "),
+        (next_node, "4", "1/3 · ETA "),
+        (stopped_next, "4", "stopped: 1/3"),
+        (next_node, "7:4", "1/3 · ETA "),  # inside a subgraph: the execution id
+        (next_node, None, None),
+    ],
+    ids=["progress", "next-running", "next-stopped", "in-a-subgraph", "no-node-id"],
+)
+def test_progress_and_next_show_their_text_on_their_own_node(
+    comfy: FakeComfy, photos: Path, run: Any, unique_id: str | None, shown: str | None
+) -> None:
+    prompt = graph()
+    loaded = load(prompt)
+    comfy.texts.clear()
+    save(prompt, loaded)
+    answer = run(prompt, loaded, unique_id)
+    if shown is None:
+        assert comfy.texts == []
+        return
+    [(server, node_id, text)] = comfy.texts
+    assert server is SERVER and node_id == unique_id and text.startswith(shown)
+    assert text in (answer["ui"].get("badge", [None])[0], answer["ui"]["text"][0])
 
 
 # --- IS_CHANGED --------------------------------------------------------------------------

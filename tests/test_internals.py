@@ -236,6 +236,33 @@ def test_show_node_progress(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [("bar", 10, "7"), ("update", 3, 10)]
 
 
+FRONTEND_FLAGS = {"feature_flags": {"supports_preview_metadata": True}}
+
+
+@pytest.mark.parametrize(
+    ("client_id", "metadata", "sent"),
+    [
+        ("tab", {"tab": FRONTEND_FLAGS}, [("3/6", "7", "tab")]),
+        ("tab", {"tab": FRONTEND_FLAGS, "other": FRONTEND_FLAGS}, [("3/6", "7", "tab")]),
+        ("tab", {"tab": {"feature_flags": {}}}, []),  # an API client: no flags, no frame
+        ("tab", {}, []),  # gone
+        (None, {"other": FRONTEND_FLAGS}, []),  # no client: never a broadcast
+    ],
+    ids=["frontend", "only-its-own-tab", "api-client", "disconnected", "no-client"],
+)
+def test_show_node_text_goes_to_the_running_prompts_frontend_only(
+    client_id: str | None, metadata: dict[str, Any], sent: list[tuple[str, str, str]]
+) -> None:
+    calls: list[tuple[str, str, str]] = []
+    server = SimpleNamespace(
+        client_id=client_id,
+        sockets_metadata=metadata,
+        send_progress_text=lambda text, node_id, sid=None: calls.append((text, node_id, sid)),
+    )
+    assert internals.show_node_text(server, "7", "3/6") is bool(sent)
+    assert calls == sent
+
+
 def test_folders_come_from_folder_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake_module(
         monkeypatch,

@@ -207,6 +207,12 @@ def _show_progress(node_id: str, done: int, item: Item) -> None:
     internals.show_node_progress(node_id, min(done + 1, item.total), item.total)
 
 
+def _show_text(node_id: str | None, text: str) -> None:
+    """The node's text in the frontend (core's progress_text), for the running prompt's tab."""
+    if node_id is not None:
+        internals.show_node_text(internals.prompt_server(), node_id, text)
+
+
 class BatchImageSaver:
     """Saves each image under its source's name, atomically; records it in the batch report."""
 
@@ -317,11 +323,15 @@ class BatchProgress:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"batch_id": BATCH_ID, "index": INDEX}}
+        return {
+            "required": {"batch_id": BATCH_ID, "index": INDEX},
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
 
-    def format(self, batch_id: str, index: int) -> dict[str, Any]:
+    def format(self, batch_id: str, index: int, unique_id: str | None = None) -> dict[str, Any]:
         engine = batch_engine()
         text = engine.progress(batch_id, Path(engine.source_of(batch_id, index)).name)
+        _show_text(unique_id, text)
         return {"ui": {"text": [text]}, "result": (text,)}
 
 
@@ -337,7 +347,11 @@ class BatchNext:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {"batch_id": BATCH_ID, "saved": ("STRING", {"forceInput": True})},
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            "hidden": {
+                "prompt": "PROMPT",
+                "extra_pnginfo": "EXTRA_PNGINFO",
+                "unique_id": "UNIQUE_ID",
+            },
         }
 
     def advance(
@@ -346,6 +360,15 @@ class BatchNext:
         saved: str,
         prompt: dict[str, Any],
         extra_pnginfo: dict[str, Any] | None = None,
+        unique_id: str | None = None,
+    ) -> dict[str, Any]:
+        shown = self._advance(batch_id, prompt, extra_pnginfo)
+        # The short state on the node; the long summary is in the log.
+        _show_text(unique_id, shown["ui"]["badge"][0])
+        return shown
+
+    def _advance(
+        self, batch_id: str, prompt: dict[str, Any], extra_pnginfo: dict[str, Any] | None
     ) -> dict[str, Any]:
         engine = batch_engine()
         if engine.is_stopped(batch_id):

@@ -8,9 +8,13 @@ and 1.58 (1.58 replaced PrimeVue's toast, whose `.p-toast-message` an earlier ve
 
 from __future__ import annotations
 
+import atexit
+import io
+import itertools
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +49,12 @@ def require_comfyui_and_chromium() -> None:
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 
 
-comfy = browser_comfy_fixture(REPO, check=require_comfyui_and_chromium)
+# The pack under the folder name a user's clone gets, so the frontend's pack badge (and so
+# the docs' pictures) names it as users see it, whatever this checkout's folder is called.
+PACK = Path(tempfile.mkdtemp(prefix="cib-browser-")) / "comfy-clientid-bridge"
+PACK.symlink_to(REPO, target_is_directory=True)
+atexit.register(shutil.rmtree, PACK.parent, ignore_errors=True)  # removes the link, not REPO
+comfy = browser_comfy_fixture(PACK, check=require_comfyui_and_chromium)
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +75,13 @@ def photos(folder: Path, count: int, size: int = 700) -> Path:
     return folder
 
 
-def open_tab(browser: Any, url: str) -> Any:
+def open_tab(browser: Any, url: str, **settings: Any) -> Any:
+    """A tab of the frontend, after the user settings given (read once as the page loads)."""
     page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
     # A new user gets the template gallery over the canvas; a returning one does not.
     page.request.post(f"{url}/api/settings/Comfy.TutorialCompleted", data="true")
+    for name, value in settings.items():
+        page.request.post(f"{url}/api/settings/{name}", data=json.dumps(value))
     page.goto(url)
     page.wait_for_function(
         "window.app && window.app.graph && window.app.vueAppReady", timeout=60_000
@@ -95,6 +107,11 @@ def load_example(page: Any, folder: Path, **saver: Any) -> None:
             ].index(name)
         ] = value
     page.evaluate("workflow => window.app.loadGraphData(workflow)", workflow)
+    # Room above the loader's title for its badge (the canvas puts the graph at the top).
+    page.evaluate(
+        "() => { const ds = window.app.canvas.ds; ds.offset[0] += 40; ds.offset[1] += 60;"
+        " window.app.canvas.setDirty(true, true); }"
+    )
     page.wait_for_timeout(500)
 
 
@@ -206,8 +223,14 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     toast_title = tab_a.get_by_text("Batch done", exact=True)  # what a person reads
     toast_title.wait_for(timeout=10_000)
     assert toast_title.count() == 1
-    assert tab_a.get_by_text(f"done: {IMAGES} saved, 0 skipped", exact=True).is_visible()
+    # The toast's detail: the innermost element holding both lines (Batch Next shows the
+    # same text on the node).
+    detail = tab_a.get_by_text(f"done: {IMAGES} saved, 0 skipped", exact=True)
+    assert tab_a.locator("*", has=toast_title).filter(has=detail).last.is_visible()
     assert not any("_out" in name for s in other for name in s["all"])  # B never shows A's
+    # nor its nodes' text (core's progress_text, which core itself sends to every tab)
+    texts_b = "() => window.app.graph._nodes.flatMap(n => (n.widgets || []).map(w => w.value))"
+    assert not [text for text in tab_b.evaluate(texts_b) if f"/{IMAGES} " in str(text)]
     assert shot_taken
 
 
@@ -273,3 +296,138 @@ def test_stop_button_stops_the_batch(
     assert sorted(p.name for p in out.glob("*.png")) == saved
     assert 2 <= len(saved) < 20
     assert tab.evaluate(SNAPSHOT)["badge"].startswith("stopped")
+
+
+NODES_2 = "Comfy.VueNodes.Enabled"  # "Modern Node Design (Nodes 2.0)" in the settings
+
+# Where the batch's state shows, in page pixels ([left, top, width, height]), for the nodes
+# given ({node id: the text it should show}), and what it must not cover: the node's title
+# and its input labels. Nodes 2.0 renders nodes as elements with `data-node-id`: their boxes
+# are measured. The classic canvas draws them: their boxes come from the node's geometry
+# (LiteGraph's title height, getConnectionPos) through the canvas transform. Either way the
+# text is an element (core's progress-text widget), found by its exact text inside the node's
+# box, never inside a toast (an ARIA alert/status/live region).
+LAYOUT = """(texts) => {
+  const app = window.app, ds = app.canvas.ds, title = LiteGraph.NODE_TITLE_HEIGHT;
+  const where = app.canvas.canvas.getBoundingClientRect();
+  const graphBox = (x, y, w, h) => {
+    const p = ds.convertOffsetToCanvas([x, y]);
+    return [where.left + p[0], where.top + p[1], w * ds.scale, h * ds.scale];
+  };
+  const boxOf = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+  const leaves = (root, text) => [...root.querySelectorAll("*")].filter(e =>
+    e.childElementCount === 0 && e.textContent.trim() === text && e.checkVisibility()
+    && !e.closest("[role=alert],[role=status],[aria-live]"));
+  const inside = (b, n) => b[2] > 0 && b[3] > 0 && b[0] >= n[0] - 1 && b[1] >= n[1] - 1
+    && b[0] + b[2] <= n[0] + n[2] + 1 && b[1] + b[3] <= n[1] + n[3] + 1;
+  const layout = {};
+  for (const [id, text] of Object.entries(texts)) {
+    const node = app.graph.getNodeById(Number(id));
+    const element = document.querySelector(`[data-node-id="${id}"]`);
+    const names = (node.inputs || []).map(i => i.label || i.localized_name || i.name);
+    const box = element ? boxOf(element)
+      : graphBox(node.pos[0], node.pos[1] - title, node.size[0], node.size[1] + title);
+    const heading = element ? leaves(element, node.title).map(boxOf)
+      : [graphBox(node.pos[0], node.pos[1] - title, node.size[0], title)];
+    const labels = element ? names.flatMap(name => leaves(element, name).map(boxOf))
+      : (node.inputs || []).map((input, i) => {
+          const [x, y] = node.getConnectionPos(true, i);
+          return graphBox(x, y - 8, node.pos[0] + node.size[0] / 2 - x, 16);
+        });
+    const shown = leaves(document.body, text).map(boxOf).filter(b => inside(b, box));
+    layout[id] = { box, heading, labels, shown, vue: !!element };
+  }
+  return layout;
+}"""
+
+# The classic canvas's pixels of a colour around a node's title bar: where the badge is drawn.
+BADGE_PIXELS = """([id, rgb]) => {
+  const app = window.app, ds = app.canvas.ds, title = LiteGraph.NODE_TITLE_HEIGHT;
+  app.canvas.draw(true, true);
+  const canvas = app.canvas.canvas, where = canvas.getBoundingClientRect();
+  const ratio = canvas.width / where.width, node = app.graph.getNodeById(id);
+  const [left, top] = ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - title - 40]);
+  const width = node.size[0] * ds.scale, height = (title + 40) * ds.scale;
+  const data = canvas.getContext("2d").getImageData(
+    left * ratio, top * ratio, width * ratio, height * ratio).data;
+  let count = 0, lowest = -1;
+  for (let i = 0; i < data.length; i += 4) {
+    if (Math.abs(data[i] - rgb[0]) + Math.abs(data[i + 1] - rgb[1]) + Math.abs(data[i + 2] - rgb[2]) > 24) continue;
+    count += 1;
+    lowest = Math.max(lowest, Math.floor(i / 4 / (width * ratio)) / ratio);
+  }
+  return { count, bottom: where.top + top + lowest, titleTop: where.top + top + 40 * ds.scale };
+}"""
+DONE_GREEN = [0x2E, 0x7D, 0x32]  # the badge's colour once a batch is done (web extension)
+
+
+def overlap(a: list[float], b: list[float]) -> bool:
+    """Whether two [left, top, width, height] boxes share more than a pixel's edge."""
+    return (a[0] + 1 < b[0] + b[2] and b[0] + 1 < a[0] + a[2] and a[1] + 1 < b[1] + b[3]) and b[
+        1
+    ] + 1 < a[1] + a[3]
+
+
+def frontend_version(page: Any) -> tuple[int, ...]:
+    version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || '0'")
+    return tuple(int(part) for part in str(version).split(".")[:3] if part.isdigit())
+
+
+def shoot_nodes(tab: Any, layout: dict[str, Any], path: Path) -> None:
+    """The docs' picture: the loader, progress and next nodes with their badge and texts,
+    once the toast that covers the top right has gone."""
+    tab.get_by_text("Batch done", exact=True).wait_for(state="hidden", timeout=20_000)
+    boxes = [part["box"] for part in layout.values()] + [*layout["1"]["shown"]]
+    left, top = max(0, min(b[0] for b in boxes) - 10), max(0, min(b[1] for b in boxes) - 30)
+    right, bottom = max(b[0] + b[2] for b in boxes) + 10, max(b[1] + b[3] for b in boxes) + 10
+    clip = {"x": left, "y": top, "width": right - left, "height": bottom - top}
+    shot = Image.open(io.BytesIO(tab.screenshot(clip=clip)))
+    shot.quantize(colors=128).save(path, optimize=True)  # a third of the size, same look
+
+
+@pytest.mark.parametrize("nodes_2", [False, True], ids=["classic", "nodes-2"])
+def test_badge_and_node_texts_show_and_cover_no_title_or_label(
+    comfy: Comfy, browser: Any, tmp_path: Path, own_subfolder: str, nodes_2: bool
+) -> None:
+    folder = photos(tmp_path / "layout", 3, size=64)
+    tab = open_tab(browser, comfy.url, **{NODES_2: nodes_2})
+    try:
+        if nodes_2 and frontend_version(tab) < (1, 35):
+            pytest.skip("frontend 1.27's Nodes 2.0 preview shows no node badges nor node text")
+        assert (
+            tab.evaluate(f"() => window.app.extensionManager.setting.get('{NODES_2}')") is nodes_2
+        )
+        load_example(tab, folder, subfolder=own_subfolder)
+        record(tab)
+        tab.get_by_role("button", name="Run").first.click()
+        watch(tab, lambda s: (s["badge"] or "").startswith("done"), timeout=60)
+        done = "done: 3 saved, 0 skipped"
+        # The progress node ran beside the saver: before it saved the last image or after.
+        last_progress = "() => (window.app.graph.getNodeById(3).widgets || [])"
+        last_progress += ".map(w => String(w.value)).find(v => /^[23]\\/3 /.test(v))"
+        wait_until(tab, last_progress)
+        texts = {"1": done, "3": tab.evaluate(last_progress), "4": done}
+        tab.wait_for_timeout(500)  # the widgets' elements follow the values a frame later
+        layout = tab.evaluate(LAYOUT, texts)
+        shot_name = "nodes-2.png" if nodes_2 else "nodes-classic.png"
+        if UPDATE_SCREENSHOTS and frontend_version(tab) >= (1, 58):
+            shoot_nodes(tab, layout, REPO / "docs" / shot_name)
+    finally:
+        tab.request.post(f"{comfy.url}/api/settings/{NODES_2}", data="false")
+    assert all(part["vue"] is nodes_2 for part in layout.values()), layout
+    for node_id in ("3", "4") if not nodes_2 else ("1", "3", "4"):
+        part = layout[node_id]
+        assert part["shown"], f"node {node_id} shows no {texts[node_id]!r}: {layout}"
+        for covered in part["heading"] + part["labels"]:
+            assert not overlap(part["shown"][0], covered), (node_id, covered, layout)
+    if not nodes_2:  # the canvas draws the badge: its pixels, above the title bar
+        pixels = tab.evaluate(BADGE_PIXELS, [1, DONE_GREEN])
+        assert pixels["count"] > 100, pixels
+        assert pixels["bottom"] <= pixels["titleTop"], pixels
+    nodes = [layout[id]["box"] for id in ("1", "3", "4")]
+    assert not any(overlap(a, b) for a, b in itertools.combinations(nodes, 2)), layout
+    if nodes_2:  # the Stop button is an element here: a person's click reaches the extension
+        tab.get_by_role("button", name="Stop batch").click()
+        tab.get_by_text("Batch stopped", exact=True).wait_for(timeout=10_000)
+        stopped = {"1": "stopped: 3/3"}  # and the badge row shows the new text
+        wait_until(tab, f"() => ({LAYOUT})({json.dumps(stopped)})['1'].shown.length === 1")

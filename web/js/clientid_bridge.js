@@ -78,35 +78,39 @@ async function stopBatch(node) {
     toast("warn", "Batch not running", body.error ?? response.statusText);
     return;
   }
-  node.cibBadge = `stopped: ${body.done}/${body.total}`;
-  node.setDirtyCanvas(true, true);
+  setBadge(node, `stopped: ${body.done}/${body.total}`);
   toast("info", "Batch stopped", body.progress);
 }
 
-function drawBadge(node, ctx) {
-  if (!node.cibBadge || node.flags?.collapsed) return;
-  ctx.save();
-  ctx.font = "12px sans-serif";
-  const width = ctx.measureText(node.cibBadge).width + 12;
-  const x = node.size[0] - width - 6;
-  const y = -LiteGraph.NODE_TITLE_HEIGHT + 5;
-  ctx.fillStyle = node.cibBadge.startsWith("done") ? "#2e7d32" : "#1565c0";
-  ctx.beginPath();
-  ctx.roundRect(x, y, width, 20, 10);
-  ctx.fill();
-  ctx.fillStyle = "#fff";
-  ctx.fillText(node.cibBadge, x + 6, y + 14);
-  ctx.restore();
+// The loader's state as one of its node badges (LGraphNode.badges, frontend 1.27.10 to
+// 1.58.1): the canvas draws badges above the title bar, right-aligned, and Nodes 2.0 (the
+// setting Comfy.VueNodes.Enabled) shows them in the node's badge row (1.58.1: under its
+// widgets; 1.35.9: in its header), so the badge covers neither the title nor a slot in
+// either mode. An empty text is no badge. The progress and next nodes' text is not drawn
+// here: the server sends it as core's progress_text, which the frontend shows on the node.
+// Nodes 2.0 reads a node's badges in a Vue computed (1.58.1 usePartitionedBadges) that
+// tracks reactive state only, and node.badges is not: the function reads a counter kept in
+// pinia's reactive state, and a new badge text bumps it, so the row is drawn again. Without
+// pinia (not seen in 1.27.10 to 1.58.1) the canvas badge still works.
+const BADGE_TICK = "clientid_bridge_badges";
+
+function reactiveState() {
+  const vueApp = document.querySelector("#vue-app")?.__vue_app__;
+  return vueApp?.config.globalProperties.$pinia?.state.value ?? null;
 }
 
-function drawText(node, ctx) {
-  // The loader's state is its badge; the others show their last line of text.
-  if (!node.cibText || node.flags?.collapsed || node.type === LOADER) return;
-  ctx.save();
-  ctx.font = "12px sans-serif";
-  ctx.fillStyle = "#ccc";
-  ctx.fillText(node.cibText, 10, node.size[1] - 10, node.size[0] - 20);
-  ctx.restore();
+function stateBadge(node) {
+  void reactiveState()?.[BADGE_TICK]; // read, so that a change draws the badge row again
+  const text = node.cibBadge ?? "";
+  const done = text.startsWith("done");
+  return new LGraphBadge({ text, fgColor: "#fff", bgColor: done ? "#2e7d32" : "#1565c0" });
+}
+
+function setBadge(node, text) {
+  node.cibBadge = text;
+  const state = reactiveState();
+  if (state) state[BADGE_TICK] = (state[BADGE_TICK] ?? 0) + 1;
+  node.setDirtyCanvas(true, true);
 }
 
 app.registerExtension({
@@ -118,31 +122,22 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (output) {
       onExecuted?.apply(this, arguments);
-      if (output?.text) this.cibText = output.text[0];
       if (output?.batch_id) this.cibBatch = output.batch_id[0];
-      if (nodeData.name === LOADER && output?.badge) this.cibBadge = output.badge[0];
+      if (nodeData.name === LOADER && output?.badge) setBadge(this, output.badge[0]);
       if (nodeData.name === NEXT && output?.badge) {
-        for (const loader of loadersOf(output.batch_id?.[0])) {
-          loader.cibBadge = output.badge[0];
-          loader.setDirtyCanvas(true, true);
-        }
+        for (const loader of loadersOf(output.batch_id?.[0])) setBadge(loader, output.badge[0]);
         if (output.state?.[0] === "done") toast("success", "Batch done", output.badge[0]);
-        this.cibText = output.badge[0]; // the short state; the long summary is in the log
       }
       this.setDirtyCanvas(true, true);
-    };
-
-    const onDrawForeground = nodeType.prototype.onDrawForeground;
-    nodeType.prototype.onDrawForeground = function (ctx) {
-      onDrawForeground?.apply(this, arguments);
-      drawBadge(this, ctx);
-      drawText(this, ctx);
     };
 
     if (nodeData.name === LOADER) {
       const onNodeCreated = nodeType.prototype.onNodeCreated;
       nodeType.prototype.onNodeCreated = function () {
         onNodeCreated?.apply(this, arguments);
+        if (window.LGraphBadge && Array.isArray(this.badges)) {
+          this.badges.push(() => stateBadge(this));
+        }
         const button = this.addWidget("button", "Stop batch", null, () => stopBatch(this));
         button.serialize = false; // not a setting: keep saved workflows' widget values as they are
       };
