@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,10 +46,16 @@ class Executor:
 
 
 @pytest.fixture
-def executor() -> Iterator[Executor]:
+def executor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Executor]:
+    """The ties installed, over wrappers made afresh for this test from the methods as they
+    were (a mutation tester changes the wrappers' code after the process wrapped them)."""
     running = Executor()
     ties = ThreadTies(on_executor=internals.on_worker_thread, executing=lambda: running.running)
     assert thread_origin.install(ties)
+    plain_start = threading.Thread.start.__wrapped__  # type: ignore[attr-defined]
+    plain_submit = ThreadPoolExecutor.submit.__wrapped__  # type: ignore[attr-defined]
+    monkeypatch.setattr(threading.Thread, "start", thread_origin._tied_start(plain_start))
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", thread_origin._tied_submit(plain_submit))
     yield running
 
 
@@ -303,6 +312,7 @@ def test_status_counts_what_acts_now(executor: Executor) -> None:
 
 def test_installing_again_wraps_once(executor: Executor) -> None:
     start, submit = threading.Thread.start, ThreadPoolExecutor.submit
+    assert getattr(start.__wrapped__, MARKER, False) is False  # type: ignore[attr-defined]
     again = ThreadTies(on_executor=lambda: False, executing=lambda: None)
     assert thread_origin.install(again) and thread_origin.installed() is again
     assert (threading.Thread.start, ThreadPoolExecutor.submit) == (start, submit)
@@ -329,3 +339,92 @@ def test_without_ties_every_thread_is_left_alone(monkeypatch: pytest.MonkeyPatch
 def test_the_origin_never_prints_the_graph() -> None:
     shown = repr(Origin("P", "tab", {"1": {"inputs": {"text": "secret prompt"}}}, {"w": 1}))
     assert shown == "Origin(prompt_id='P', client_id='tab')"
+
+
+def test_two_ties_to_one_prompt_count_until_both_have_run(executor: Executor) -> None:
+    executor.running = P
+    before = ties().status()["tied_threads"]
+    first, second = on(EXECUTOR, lambda: [start_timer(60), start_timer(60)])
+    assert ties().status()["tied_threads"] == before + 2
+    first.cancel()
+    first.join()
+    gc.collect()
+    assert ties().acts_for("P") and ties().status()["acting_now"] == 1
+    second.cancel()
+    second.join()
+    gc.collect()
+    assert not ties().acts_for("P")
+
+
+def test_a_new_ties_counts_nothing_yet() -> None:
+    fresh = ThreadTies(on_executor=lambda: False, executing=lambda: None)
+    assert fresh.status() == {"tied_threads": 0, "tied_tasks": 0, "acting_now": 0}
+
+
+@pytest.mark.parametrize(
+    "mark", [thread_origin.EXECUTOR, thread_origin.NOBODY, thread_origin.UNTIED, None]
+)
+def test_a_thread_s_mark_is_no_origin(mark: Any) -> None:
+    def read() -> Origin | None:
+        thread_origin._acting.origin = mark
+        return acting_for()
+
+    assert on("Thread-3", read) is None
+    assert repr(mark) == ("None" if mark is None else mark.name)
+
+
+def test_a_task_run_inline_hands_the_thread_its_own_origin_back(executor: Executor) -> None:
+    def run_inline() -> tuple[Origin | None, Origin | None]:
+        thread_origin._acting.origin = Q  # a thread acting for Q runs P's task itself
+        task = thread_origin._Acting(acting_for, P, ties(), "tasks")
+        return task(), acting_for()
+
+    assert on("Thread-3", run_inline) == (P, Q)
+
+
+def test_a_task_gets_its_arguments(executor: Executor) -> None:
+    executor.running = P
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        task = pool.submit(lambda a, b=0: (acting_for(), a, b), 1, b=2)
+        assert on(
+            EXECUTOR, lambda: pool.submit(lambda a, b=0: (acting_for(), a, b), 1, b=2).result()
+        ) == (P, 1, 2)
+        assert task.result() == (None, 1, 2)
+
+
+FRESH_PROCESS = """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from comfy_clientid_bridge.routing import thread_origin as t
+plain_start, plain_submit = threading.Thread.start, ThreadPoolExecutor.submit
+origin = t.Origin("P", "tab", {})
+made = [t.ThreadTies(on_executor=lambda: threading.current_thread().name == "executor",
+                     executing=lambda: origin) for _ in range(2)]
+installed = [t.install(ties) for ties in made]
+seen = []
+def node_code():
+    thread = threading.Thread(target=lambda: seen.append(t.acting_for()))
+    thread.start()
+    thread.join()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        seen.append(pool.submit(t.acting_for).result())
+executor = threading.Thread(target=node_code, name="executor")
+executor.start()
+executor.join()
+print(installed, threading.Thread.start.__wrapped__ is plain_start,
+      ThreadPoolExecutor.submit.__wrapped__ is plain_submit, t.installed() is made[1],
+      made[1].status()["tied_threads"], made[1].status()["tied_tasks"], seen == [origin] * 2)
+"""
+
+
+def test_a_fresh_process_wraps_both_methods_once() -> None:
+    """In a process of its own: the first install wraps, the second only swaps the ties."""
+    # Here too, so that a mutation tester that maps tests to the functions they call in
+    # process (mutmut) runs this test for the wrapping code.
+    thread_origin.install(ThreadTies(on_executor=lambda: False, executing=lambda: None))
+    root = Path(thread_origin.__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS], cwd=root, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[True,", "True]", "True", "True", "True", "1", "1", "True"]

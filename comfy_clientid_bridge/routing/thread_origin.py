@@ -16,6 +16,7 @@ had been made on the executor while P ran.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -112,12 +113,13 @@ class ThreadTies:
             self.counts[kind] += 1
 
     def release(self, origin: Origin) -> None:
+        """Ends one `hold` (each _Acting releases once, when it goes)."""
         with self._lock:
-            left = self._live.get(origin.prompt_id, 0) - 1
+            left = self._live[origin.prompt_id] - 1
             if left > 0:
                 self._live[origin.prompt_id] = left
             else:
-                self._live.pop(origin.prompt_id, None)
+                del self._live[origin.prompt_id]
 
     def status(self) -> dict[str, Any]:
         return {
@@ -183,6 +185,7 @@ _ties: ThreadTies | None = None
 
 
 def _tied_start(start: Callable[[threading.Thread], None]) -> Callable[[threading.Thread], None]:
+    @functools.wraps(start)  # __wrapped__: the method as it was
     def start_tied(thread: threading.Thread) -> None:
         ties = _ties
         if ties is None or getattr(_acting, "origin", None) is NOBODY:  # the usual thread
@@ -202,6 +205,7 @@ def _tied_start(start: Callable[[threading.Thread], None]) -> Callable[[threadin
 
 
 def _tied_submit(submit: Callable[..., Future[Any]]) -> Callable[..., Future[Any]]:
+    @functools.wraps(submit)
     def submit_tied(
         pool: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> Future[Any]:
