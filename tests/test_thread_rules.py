@@ -385,3 +385,14 @@ def test_a_connection_keeps_the_origin_of_the_thread_that_made_it() -> None:
     assert origins == {TIMER: OF_A, "Thread-3": None}
     for sock in (tied_client, plain_client, listener):
         sock.close()
+
+
+def test_broadcasts_routed_by_a_thread_s_origin_are_counted_each() -> None:
+    router = broadcast_router(TAB_B)
+    send_sync = routing_send_sync(lambda e, d, sid=None: None, router)
+    for event in ("impact-add-queue", "executed", "impact-add-queue"):
+        on_thread(TIMER, OF_A, lambda event=event: send_sync(event, {}))
+    on_thread(WORKER, None, lambda: send_sync("executed", {}))  # the executor's: not counted
+    status = router.status()
+    assert status["routed_from_threads"] == 3
+    assert status["routed_broadcasts"] == {"impact-add-queue": 2, "executed": 2}
