@@ -90,13 +90,14 @@ class ExecutingOrigin:
         self.last: Origin | None = None
 
     def __call__(self) -> Origin | None:
-        fields = internals.item_fields(internals.running_item(self.server))
+        item = internals.running_entry(self.server)
+        last = self.last
+        if last is not None and internals.item_graph(item) is last.graph:
+            return last  # the Origin holds the graph: no other prompt can have that object
+        fields = internals.item_fields(item)
         if fields is None:
             return None
         prompt_id, graph, extra_data = fields
-        last = self.last
-        if last is not None and last.graph is graph and last.prompt_id == prompt_id:
-            return last
         client_id, pnginfo = extra_data.get("client_id"), extra_data.get("extra_pnginfo")
         self.last = Origin(
             prompt_id,

@@ -323,10 +323,10 @@ def test_credentials_stay_while_a_thread_acts_for_their_prompt() -> None:
     ties = thread_origin.ThreadTies(on_executor=lambda: False, executing=lambda: None)
     store = register._credentials_part(server, ties).store
     finished = Origin("finished", "tab", {})
-    ties.hold(finished, "threads")
+    timer = thread_origin._Acting(lambda: None, finished, ties, "threads")  # not fired yet
     store.remember("finished", Credentials(authorization="A"))
     store.remember("later", Credentials(authorization="B"))  # sweeps ended prompts
     assert store.of_prompt("finished") is not None
-    ties.release(finished)
+    del timer  # it has run (or was cancelled)
     store.remember("later still", Credentials(authorization="C"))
     assert store.of_prompt("finished") is None

@@ -19,9 +19,10 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -32,16 +33,39 @@ THREADS_SWITCH = "COMFY_CLIENTID_BRIDGE_THREADS"
 MARKER = "__clientid_bridge_thread_origin__"
 
 
-@dataclass(frozen=True, slots=True)
 class Origin:
     """The prompt a thread acts for, as the routing rules compare it: its id, its tab, and
     the graph and UI workflow a re-queue is matched with and given. Never extra_data's
-    other keys (secrets such as api_key_comfy_org stay with the queue item)."""
+    other keys (secrets such as api_key_comfy_org stay with the queue item).
 
-    prompt_id: str
-    client_id: str | None
-    graph: Mapping[str, Any] = field(repr=False, compare=False)
-    extra_pnginfo: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    One per running prompt (register.ExecutingOrigin), shared by every thread and task tied
+    to it, which is what `acting` counts: one entry each while alive. Appending to and
+    popping from a deque are atomic, so no lock is taken on the path of every tie."""
+
+    __slots__ = (
+        "prompt_id",
+        "client_id",
+        "graph",
+        "extra_pnginfo",
+        "acting",
+        "listed_by",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        prompt_id: str,
+        client_id: str | None,
+        graph: Mapping[str, Any],
+        extra_pnginfo: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.prompt_id, self.client_id = prompt_id, client_id
+        self.graph, self.extra_pnginfo = graph, extra_pnginfo
+        self.acting: deque[None] = deque()
+        self.listed_by: ThreadTies | None = None  # whose acts_for finds it by its id
+
+    def __repr__(self) -> str:  # never the graph: prompt texts are the user's
+        return f"Origin(prompt_id={self.prompt_id!r}, client_id={self.client_id!r})"
 
 
 class _Mark:
@@ -68,7 +92,16 @@ def acting_for() -> Origin | None:
     """The origin of the calling thread (or of the pool task it runs); None for the
     executor itself and every thread or task started outside a prompt."""
     origin = getattr(_acting, "origin", None)
+    if origin is None:
+        return _tied_thread_origin()
     return origin if type(origin) is Origin else None
+
+
+def _tied_thread_origin() -> Origin | None:
+    """A tied thread's origin, read from its run (_ActingRun): not copied into the
+    thread-local, whose first use in a new thread costs more than all the rest of a tie."""
+    run = threading.current_thread().__dict__.get("run")
+    return run.origin if type(run) is _ActingRun else None
 
 
 class ThreadTies:
@@ -85,8 +118,9 @@ class ThreadTies:
         executing: Callable[[], Origin | None],
     ) -> None:
         self._on_executor, self._executing = on_executor, executing
-        self._lock = threading.Lock()
-        self._live: dict[str, int] = {}  # prompt id -> threads and tasks alive for it
+        # Origins with a thread or task alive for them, by prompt id; gone with the Origin.
+        self._origins: weakref.WeakValueDictionary[str, Origin] = weakref.WeakValueDictionary()
+        # Statistics for the status route: `+=` from two threads at once may lose one.
         self.counts = {"threads": 0, "tasks": 0}
 
     def origin_here(self) -> Origin | None:
@@ -100,44 +134,41 @@ class ThreadTies:
             return self._executing()
         if origin is not None:
             return origin  # type: ignore[no-any-return]
+        tied = _tied_thread_origin()
+        if tied is not None:
+            return tied
         _acting.origin = EXECUTOR if self._on_executor() else NOBODY
         return self.origin_here()
 
     def acts_for(self, prompt_id: str) -> bool:
         """Whether a thread or task acting for this prompt is alive (or not run yet)."""
-        return prompt_id in self._live
+        origin = self._origins.get(prompt_id)
+        return origin is not None and bool(origin.acting)
 
     def hold(self, origin: Origin, kind: str) -> None:
-        with self._lock:
-            self._live[origin.prompt_id] = self._live.get(origin.prompt_id, 0) + 1
-            self.counts[kind] += 1
-
-    def release(self, origin: Origin) -> None:
-        """Ends one `hold` (each _Acting releases once, when it goes)."""
-        with self._lock:
-            left = self._live[origin.prompt_id] - 1
-            if left > 0:
-                self._live[origin.prompt_id] = left
-            else:
-                del self._live[origin.prompt_id]
+        if origin.listed_by is not self:  # once per origin: a weak dict's entry costs
+            self._origins[origin.prompt_id] = origin
+            origin.listed_by = self
+        origin.acting.append(None)
+        self.counts[kind] += 1
 
     def status(self) -> dict[str, Any]:
         return {
             "tied_threads": self.counts["threads"],
             "tied_tasks": self.counts["tasks"],
-            "acting_now": sum(self._live.values()),
+            "acting_now": sum(len(origin.acting) for origin in list(self._origins.values())),
         }
 
 
 class _Acting:
     """`fn` run as its origin's: the thread's origin is set for the call and put back after.
     Alive from the submission until the call has returned or was dropped (a cancelled
-    task), and counted as alive for its prompt that long (ThreadTies.hold)."""
+    task), and counted in `origin.acting` that long."""
 
-    __slots__ = ("fn", "origin", "ties")
+    __slots__ = ("fn", "origin")
 
     def __init__(self, fn: Callable[..., Any], origin: Origin, ties: ThreadTies, kind: str) -> None:
-        self.fn, self.origin, self.ties = fn, origin, ties
+        self.fn, self.origin = fn, origin
         ties.hold(origin, kind)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -149,7 +180,7 @@ class _Acting:
             _acting.origin = previous
 
     def __del__(self) -> None:
-        self.ties.release(self.origin)
+        self.origin.acting.pop()
 
 
 class _ActingRun(_Acting):
@@ -160,16 +191,15 @@ class _ActingRun(_Acting):
     __slots__ = ("thread", "own_run")
 
     def __init__(self, thread: threading.Thread, origin: Origin, ties: ThreadTies) -> None:
-        self.thread = thread
-        self.own_run = thread.__dict__.get("run")  # a run set on the instance by node code
-        run = type(thread).run.__get__(thread) if self.own_run is None else self.own_run
-        super().__init__(run, origin, ties, "threads")
+        own_run = thread.__dict__.get("run")  # a run set on the instance by node code
+        self.thread, self.own_run, self.origin = thread, own_run, origin
+        self.fn = type(thread).run.__get__(thread) if own_run is None else own_run
+        ties.hold(origin, "threads")
         thread.__dict__["run"] = self
 
     def __call__(self) -> None:
-        _acting.origin = self.origin  # a new thread: nothing to put back
         try:
-            self.fn()
+            self.fn()  # acting_for() finds the origin here, on the thread's run
         finally:
             self.untie()
 
@@ -215,7 +245,7 @@ def _tied_submit(submit: Callable[..., Future[Any]]) -> Callable[..., Future[Any
         origin = ties.origin_here()
         if origin is None:
             return submit(pool, fn, *args, **kwargs)
-        previous = _acting.origin  # set by origin_here
+        previous = getattr(_acting, "origin", None)  # a mark origin_here set, or none
         _acting.origin = UNTIED  # the pool may start its own threads here: they outlive P
         try:
             return submit(pool, _Acting(fn, origin, ties, "tasks"), *args, **kwargs)
