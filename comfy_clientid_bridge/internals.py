@@ -50,6 +50,22 @@ def running_item(server: Any) -> tuple[Any, ...] | None:
     return tuple(running[0]) if running else None
 
 
+def running_entry(server: Any) -> Any:
+    """The item the executor runs now as `currently_running` holds it, not copied (see
+    running_item); None between prompts. Read at every thread start on the executor."""
+    for item in server.prompt_queue.currently_running.values():
+        return item
+    return None
+
+
+def item_graph(item: Any) -> Any:
+    """The prompt (graph) of a queue item, its third field in v0.3.64 and 0.8.0; None for
+    a shape we do not know. Compared by identity: the same object while the prompt runs."""
+    if not isinstance(item, (tuple, list)) or len(item) < 4:
+        return None
+    return item[2]
+
+
 def item_fields(item: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
     """(prompt_id, prompt, extra_data) of a queue item; None for a shape we do not know.
 

@@ -37,6 +37,7 @@ from .routing.middleware import (
     BROADCASTS,
     MARKER,
     QUEUE_PUTS,
+    THREAD_TIES,
     BridgePart,
     PromptPart,
     prompt_middleware,
@@ -44,6 +45,8 @@ from .routing.middleware import (
 )
 from .routing.queue_puts import QueuePutRouter, Running, routing_put
 from .routing.self_connections import SELF_CONNECTIONS
+from .routing.thread_origin import THREADS_SWITCH, Origin, ThreadTies, acting_for
+from .routing.thread_origin import install as install_thread_ties
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,36 @@ def executing_prompt(server: Any) -> PromptRecord | None:
         graph=graph,
         extra_pnginfo=pnginfo if isinstance(pnginfo, dict) else None,
     )
+
+
+class ExecutingOrigin:
+    """The running prompt as a thread started for it keeps it: id, tab, graph, workflow.
+
+    Asked at every thread start and task submission on the executor: the Origin made for
+    a prompt is kept and given again while that prompt runs (same id, same graph object),
+    so a node that starts many threads makes one."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.last: Origin | None = None
+
+    def __call__(self) -> Origin | None:
+        item = internals.running_entry(self.server)
+        last = self.last
+        if last is not None and internals.item_graph(item) is last.graph:
+            return last  # the Origin holds the graph: no other prompt can have that object
+        fields = internals.item_fields(item)
+        if fields is None:
+            return None
+        prompt_id, graph, extra_data = fields
+        client_id, pnginfo = extra_data.get("client_id"), extra_data.get("extra_pnginfo")
+        self.last = Origin(
+            prompt_id,
+            client_id if isinstance(client_id, str) else None,
+            graph,
+            pnginfo if isinstance(pnginfo, dict) else None,
+        )
+        return self.last
 
 
 def register() -> bool:
@@ -105,11 +138,32 @@ def _install_batch(server: Any) -> None:
     server.app.middlewares.append(batch_cancel_middleware(control=control))
 
 
-def _credentials_part(server: Any) -> CredentialsPart:
+def _install_thread_ties(server: Any) -> ThreadTies | None:
+    """Threads and pool tasks that node code starts act for their prompt; on even when the
+    bridge is off, for the credentials carrier (docs/threads.md)."""
+    if not enabled(switch=THREADS_SWITCH):
+        logger.info("clientid_bridge: threads act for no prompt (%s)", THREADS_SWITCH)
+        return None
+    ties = ThreadTies(on_executor=internals.on_worker_thread, executing=ExecutingOrigin(server))
+    if not install_thread_ties(ties):
+        logger.warning("clientid_bridge: threads are tied by another copy of this package")
+        return None
+    server.app[THREAD_TIES] = ties
+    return ties
+
+
+def _credentials_part(server: Any, ties: ThreadTies | None) -> CredentialsPart:
     """Node code's re-queues carry their origin's credentials past auth packs; on even when
     the bridge is off, so our own Batch Next keeps going behind a login (docs/security.md,
-    Behind a login)."""
-    store = CredentialStore(is_live=lambda prompt_id: internals.is_prompt_alive(server, prompt_id))
+    Behind a login). A prompt's credentials stay while a thread acting for it is alive: a
+    timer's re-queue may come after its prompt has finished."""
+
+    def is_live(prompt_id: str) -> bool:
+        return internals.is_prompt_alive(server, prompt_id) or (
+            ties is not None and ties.acts_for(prompt_id)
+        )
+
+    store = CredentialStore(is_live=is_live)
     return CredentialsPart(
         store=store,
         running_prompt_id=lambda: internals.running_prompt_id(server),
@@ -129,7 +183,8 @@ def _install(server: Any) -> bool:
     if port is not None:  # the credentials carrier and the bridge both ask about this port
         SELF_CONNECTIONS.watch_port(port)
     _install_batch(server)
-    parts: list[PromptPart] = [_credentials_part(server)]
+    ties = _install_thread_ties(server)
+    parts: list[PromptPart] = [_credentials_part(server, ties)]
     if not enabled(switch=ANSWER_FIRST_SWITCH):
         logger.info(
             "clientid_bridge: the executor wakes at the put, as core (%s)", ANSWER_FIRST_SWITCH
@@ -197,6 +252,7 @@ def _install_node_traffic(server: Any) -> None:
         is_connected=is_connected,
         on_worker_thread=internals.on_worker_thread,
         keep_broadcast=keep_broadcast_from(),
+        acting_for=acting_for,
     )
     puts = QueuePutRouter(
         running=lambda: running(server),
@@ -205,6 +261,7 @@ def _install_node_traffic(server: Any) -> None:
         extra_data_of=_extra_data_of,
         with_extra_data=internals.with_extra_data,
         fit_layout=lambda item: internals.fit_layout(item, server),
+        acting_for=acting_for,
     )
     internals.route_sends(
         server,

@@ -335,3 +335,18 @@ def test_output_base_is_comfyuis_output_unless_a_folder_is_given(comfy_folders: 
 def test_output_folder_must_be_absolute(comfy_folders: Path) -> None:
     with pytest.raises(ValueError, match="absolute"):
         output_base("relative/out")
+
+
+@pytest.mark.parametrize("running", [[], [ITEM], [ITEM + ({},)]], ids=["idle", "v0.3.64", "0.8.0"])
+def test_the_running_entry_is_the_queue_s_own_item(running: list[tuple[Any, ...]]) -> None:
+    server = SimpleNamespace(prompt_queue=FakeQueue(running, []))
+    entry = internals.running_entry(server)
+    assert entry is (running[0] if running else None)  # the same object: not copied
+    assert internals.item_graph(entry) is (running[0][2] if running else None)
+
+
+@pytest.mark.parametrize(
+    "item", [("too", "short", {}), "not-an-item", None], ids=["short", "string", "none"]
+)
+def test_an_item_of_unknown_shape_has_no_graph(item: Any) -> None:
+    assert internals.item_graph(item) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,8 +19,11 @@ from comfy_clientid_bridge.batch import engine as engine_module
 from comfy_clientid_bridge.batch.control import CONTROL
 from comfy_clientid_bridge.batch.engine import BatchEngine
 from comfy_clientid_bridge.batch.state import StateStore
+from comfy_clientid_bridge.routing import thread_origin
 from comfy_clientid_bridge.routing.answer_first import ANSWER_FIRST_SWITCH, HeldWakes
-from comfy_clientid_bridge.routing.middleware import BRIDGE, MARKER, status
+from comfy_clientid_bridge.routing.credentials import Credentials
+from comfy_clientid_bridge.routing.middleware import BRIDGE, MARKER, THREAD_TIES, status
+from comfy_clientid_bridge.routing.thread_origin import THREADS_SWITCH, Origin
 
 ROUTES = [
     register.STATUS_PATH,
@@ -221,3 +225,108 @@ def test_one_middleware_of_ours_and_it_is_outermost(
     mine = [m for m in server.app.middlewares if hasattr(m, MARKER)]
     assert len(mine) == 1 and server.app.middlewares[0] is mine[0]
     assert getattr(mine[0], MARKER) is (register.ENV_SWITCH not in switches)
+
+
+# --- threads that node code starts ----------------------------------------------------------
+
+
+def started_on_executor(server: Any) -> Any:
+    """What a thread started by node code on the executor acts for, seen inside it."""
+    seen: list[Any] = []
+
+    def node_code() -> None:
+        thread = threading.Thread(target=lambda: seen.append(thread_origin.acting_for()))
+        thread.start()
+        thread.join()
+
+    from_executor(node_code)
+    return seen[0]
+
+
+def test_threads_started_by_node_code_act_for_the_running_prompt() -> None:
+    server = fake_server()
+    register._install(server)
+    extra = {"client_id": "tab", "extra_pnginfo": {"workflow": {}}, "api_key_comfy_org": "k"}
+    graph = {"1": {"class_type": "X", "inputs": {}}}
+    server.prompt_queue.currently_running[1] = (0, "pid", graph, extra, [])
+    origin = started_on_executor(server)
+    assert (origin.prompt_id, origin.client_id, origin.extra_pnginfo) == (
+        "pid",
+        "tab",
+        {"workflow": {}},
+    )
+    assert origin.graph is graph and "k" not in repr(origin)
+    assert server.app[THREAD_TIES] is thread_origin.installed()
+
+
+@pytest.mark.parametrize("switch", [None, register.ENV_SWITCH], ids=["all-on", "bridge-off"])
+def test_threads_are_tied_whether_or_not_the_bridge_is_on(
+    monkeypatch: pytest.MonkeyPatch, switch: str | None
+) -> None:
+    if switch is not None:
+        monkeypatch.setenv(switch, "0")
+    server = fake_server()
+    register._install(server)
+    server.prompt_queue.currently_running[1] = (0, "pid", {}, {"client_id": "tab"}, [])
+    assert started_on_executor(server).prompt_id == "pid"
+
+
+def test_the_threads_switch_leaves_threads_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(THREADS_SWITCH, "0")
+    monkeypatch.setattr(thread_origin, "_ties", None)
+    server = fake_server()
+    with caplog.at_level(logging.INFO, logger="comfy_clientid_bridge.register"):
+        register._install(server)
+    server.prompt_queue.currently_running[1] = (0, "pid", {}, {"client_id": "tab"}, [])
+    assert started_on_executor(server) is None
+    assert THREAD_TIES not in server.app and thread_origin.installed() is None
+    assert f"threads act for no prompt ({THREADS_SWITCH})" in caplog.text
+
+
+@pytest.mark.parametrize("bridge", ["on", "off"])
+async def test_status_route_counts_tied_threads(
+    monkeypatch: pytest.MonkeyPatch, bridge: str
+) -> None:
+    if bridge == "off":
+        monkeypatch.setenv(register.ENV_SWITCH, "0")
+    server = fake_server()
+    register._install(server)
+    server.prompt_queue.currently_running[1] = (0, "pid", {}, {"client_id": "tab"}, [])
+    started_on_executor(server)
+    response = await status(make_mocked_request("GET", "/", app=server.app))
+    body = json.loads(response.body)
+    assert body["enabled"] is (bridge == "on")
+    assert body["threads"]["tied_threads"] >= 1 and body["threads"]["acting_now"] == 0
+
+
+def test_the_origin_is_made_once_per_running_prompt() -> None:
+    server = fake_server()
+    executing = register.ExecutingOrigin(server)
+    assert executing() is None
+    server.prompt_queue.currently_running[1] = (0, "p1", {}, {"client_id": 7}, [])
+    first = executing()
+    assert first is not None and first.client_id is None  # not a string: no client
+    assert executing() is first
+    server.prompt_queue.currently_running[1] = (0, "p2", {}, {"client_id": "tab"}, [])
+    second = executing()
+    assert second is not None and second is not first and second.prompt_id == "p2"
+    server.prompt_queue.currently_running[1] = (0, "p2", {}, {"client_id": "tab"}, [])
+    assert executing() is not second  # the same id queued again: another graph object
+
+
+def test_credentials_stay_while_a_thread_acts_for_their_prompt() -> None:
+    """A timer re-queues after its prompt finished: its credentials are not swept before."""
+    server = fake_server()
+    server.prompt_queue.get_current_queue_volatile = lambda: ([], [])  # nothing is live
+    ties = thread_origin.ThreadTies(on_executor=lambda: False, executing=lambda: None)
+    store = register._credentials_part(server, ties).store
+    finished = Origin("finished", "tab", {})
+    timer = thread_origin._Acting(lambda: None, finished, ties, "threads")  # not fired yet
+    store.remember("finished", Credentials(authorization="A"))
+    store.remember("later", Credentials(authorization="B"))  # sweeps ended prompts
+    assert store.of_prompt("finished") is not None
+    del timer  # it has run (or was cancelled)
+    store.remember("later still", Credentials(authorization="C"))
+    assert store.of_prompt("finished") is None

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .thread_origin import Origin, acting_for
+
 logger = logging.getLogger(__name__)
 
 # ComfyUI's own broadcasts about the server, not about a prompt, that core sends from the
@@ -37,25 +39,36 @@ class BroadcastRouter:
 
     `running_client` is the client id of the prompt running now (None when nothing runs or
     it has no client), `is_connected` whether a client id has an open websocket, and
-    `on_worker_thread` whether the caller is ComfyUI's executor, where node code runs.
+    `on_worker_thread` whether the caller is ComfyUI's executor, where node code runs, and
+    `acting_for` which prompt another thread acts for (routing/thread_origin.py).
     """
 
     running_client: Callable[[], str | None]
     is_connected: Callable[[str], bool]
     on_worker_thread: Callable[[], bool]
     keep_broadcast: frozenset[str] = SERVER_EVENTS
+    acting_for: Callable[[], Origin | None] = acting_for
     routed: dict[str, int] = field(default_factory=dict)
+    from_threads: int = 0
 
     def target(self, event: Any, sid: str | None) -> str | None:
-        """The sid to send with: unchanged, or the running prompt's client for node code."""
-        if sid is not None or not self.on_worker_thread():
+        """The sid to send with: unchanged, or the client of the prompt node code acts for:
+        the running one on the executor, its origin on a thread that node code started."""
+        if sid is not None:
             return sid
+        origin = None
+        if not self.on_worker_thread():
+            origin = self.acting_for()
+            if origin is None:  # the server's loop, core's threads, others' monitors
+                return None
         name = event if type(event) is str else event_name(event)  # no call for the usual str
         if name in self.keep_broadcast:
             return None
-        client_id = self.running_client()
+        client_id = self.running_client() if origin is None else origin.client_id
         if client_id is None or not self.is_connected(client_id):
             return None
+        if origin is not None:
+            self.from_threads += 1
         routed = self.routed.get(name)
         if routed is None:
             routed = 0
@@ -67,6 +80,7 @@ class BroadcastRouter:
         return {
             "routed_broadcasts": dict(self.routed),
             "kept_broadcast": sorted(self.keep_broadcast),
+            "routed_from_threads": self.from_threads,
         }
 
 

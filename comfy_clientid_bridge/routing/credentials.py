@@ -5,7 +5,8 @@ their cookie, token or Basic header, loopback included, so a node's re-queue ove
 answered 401 and its loop stops after one image. Node code runs in the server's own process
 and is trusted with everything the server can read already; a request proven to come from
 this process (its TCP peer is a socket of ours, see self_connections) and made on the
-executor thread acts for the prompt running there. It is given what that prompt's own
+executor thread acts for the prompt running there; made on a thread that node code started
+for a prompt, it acts for that prompt (thread_origin). It is given what that prompt's own
 submission carried, and nothing is given to anyone else.
 """
 
@@ -124,11 +125,11 @@ class CredentialStore:
 
 
 class CredentialsPart:
-    """On POST /prompt: a request from node code on the executor thread that carries no
-    credentials gets those of the prompt running there, if that prompt's submission carried
-    any. Every accepted submission's credentials (as the handler saw them) are remembered
-    under its prompt id, so a chain of re-queues keeps them. Its middleware must run
-    outside auth packs' (see `place_outermost`)."""
+    """On POST /prompt: a request from node code that carries no credentials gets those of
+    the prompt it acts for (the one running on the executor; a thread's origin), if that
+    prompt's submission carried any. Every accepted submission's credentials (as the
+    handler saw them) are remembered under its prompt id, so a chain of re-queues keeps
+    them. Its middleware must run outside auth packs' (see `place_outermost`)."""
 
     def __init__(
         self,
@@ -160,8 +161,12 @@ class CredentialsPart:
         return request, remember
 
     def _origin_credentials(self, connection: SelfConnection | None) -> Credentials | None:
-        if connection is None or not self.is_worker_thread(connection.thread_name):
-            return None  # a browser, a script, a remote client, or a thread of unknown origin
+        if connection is None:
+            return None  # a browser, a script, a remote client
+        if connection.origin is not None:  # a thread that node code started for a prompt
+            return self.store.of_prompt(connection.origin.prompt_id)
+        if not self.is_worker_thread(connection.thread_name):
+            return None  # a thread that acts for no prompt
         origin = self.running_prompt_id()
         return None if origin is None else self.store.of_prompt(origin)
 

@@ -121,12 +121,23 @@ class Bridge:
     def _origin(
         self, child: PromptRecord, connection: SelfConnection
     ) -> tuple[PromptRecord | None, str]:
+        origin = connection.origin
+        if origin is not None:
+            # A thread that node code started while that prompt ran: it acts for it, even
+            # if another tab's prompt runs by now (routing/thread_origin.py).
+            record = PromptRecord(
+                client_id=origin.client_id,
+                prompt_id=origin.prompt_id,
+                graph=origin.graph,
+                extra_pnginfo=origin.extra_pnginfo,
+            )
+            return record, "thread's origin"
         if self.is_worker_thread(connection.thread_name):
             executing = self.executing()
             if executing is not None:
                 # Node code runs on the executor thread: the prompt running now made this call.
                 return executing, "executing prompt"
-        # A timer or another thread: by now another tab's prompt may be running, so follow
+        # A thread of unknown origin: by now another tab's prompt may be running, so follow
         # the graph the re-queue copied.
         return closest_ancestor(child, self.ledger.newest_first()), "graph lineage"
 

@@ -24,10 +24,12 @@ from .decisions import Bridge
 from .queue_puts import QueuePutRouter
 from .scope import SCOPE, PromptScope
 from .self_connections import SelfConnection, SelfConnections, normalize
+from .thread_origin import ThreadTies
 
 BRIDGE = web.AppKey("comfy_clientid_bridge.bridge", Bridge)
 BROADCASTS = web.AppKey("comfy_clientid_bridge.broadcasts", BroadcastRouter)
 QUEUE_PUTS = web.AppKey("comfy_clientid_bridge.queue_puts", QueuePutRouter)
+THREAD_TIES = web.AppKey("comfy_clientid_bridge.thread_ties", ThreadTies)
 
 # ComfyUI registers each route twice: as written and under /api (server.add_routes).
 DEFAULT_PROMPT_PATHS = ("/prompt", "/api/prompt")
@@ -181,13 +183,21 @@ def _prompt_id_in(body: object) -> str | None:
 
 async def status(request: web.Request) -> web.Response:
     """GET /clientid_bridge/status: counts and the last decisions, no secrets."""
+    ties = request.app.get(THREAD_TIES)
+    threads = {} if ties is None else {"threads": ties.status()}
     bridge = request.app.get(BRIDGE)
     if bridge is None:
-        return web.json_response({"enabled": False})
+        return web.json_response({"enabled": False, **threads})
     broadcasts, puts = request.app.get(BROADCASTS), request.app.get(QUEUE_PUTS)
     node_traffic = (
         {} if broadcasts is None or puts is None else {**broadcasts.status(), **puts.status()}
     )
     return web.json_response(
-        {"enabled": True, "node_traffic": broadcasts is not None, **bridge.status(), **node_traffic}
+        {
+            "enabled": True,
+            "node_traffic": broadcasts is not None,
+            **bridge.status(),
+            **node_traffic,
+            **threads,
+        }
     )

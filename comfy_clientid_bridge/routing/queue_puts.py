@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .thread_origin import Origin, acting_for
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +28,13 @@ class Running:
 
 @dataclass
 class QueuePutRouter:
-    """Rewrites the extra_data of items put from the executor thread, by the /prompt rules.
+    """Rewrites the extra_data of items put by node code, by the /prompt rules.
 
     `running` gives the running prompt (None when nothing runs), `is_connected` whether a
     client id has an open websocket, `on_worker_thread` whether the caller is ComfyUI's
-    executor. `extra_data_of` and `with_extra_data` read and rebuild a queue item, whose
-    layout is ComfyUI's (see internals)."""
+    executor, `acting_for` which prompt another thread acts for (routing/thread_origin.py).
+    `extra_data_of` and `with_extra_data` read and rebuild a queue item, whose layout is
+    ComfyUI's (see internals)."""
 
     running: Callable[[], Running | None]
     is_connected: Callable[[str], bool]
@@ -38,26 +42,34 @@ class QueuePutRouter:
     extra_data_of: Callable[[Any], dict[str, Any] | None]
     with_extra_data: Callable[[Any, dict[str, Any]], Any]
     fit_layout: Callable[[Any], Any] = lambda item: item
+    acting_for: Callable[[], Origin | None] = acting_for
     counts: Counter[str] = field(default_factory=Counter)
 
     def adopt(self, item: Any) -> Any:
-        """The item to put: as given, or with the running prompt's client id; in the layout
-        of this release's queue (`fit_layout`)."""
-        if not self.on_worker_thread():
-            return item
+        """The item to put: as given, or with the client id of the prompt node code acts for
+        (the running one on the executor, its origin on a thread that node code started); in
+        the layout of this release's queue (`fit_layout`)."""
+        if self.on_worker_thread():
+            running = self.running
+        else:
+            origin = self.acting_for()
+            if origin is None:  # core's /prompt handler on the server's loop, and the like
+                return item
+            self.counts["from_threads"] += 1
+            running = functools.partial(Running, origin.client_id, origin.extra_pnginfo)
         fitted = self.fit_layout(item)
         if fitted is not item:
             self.counts["layout_fixed"] += 1
-        return self._route(fitted)
+        return self._route(fitted, running)
 
-    def _route(self, item: Any) -> Any:
+    def _route(self, item: Any, running_prompt: Callable[[], Running | None]) -> Any:
         extra_data = self.extra_data_of(item)
         if extra_data is None:
             return self._count(item, "untouched")
         own = extra_data.get("client_id")
         if isinstance(own, str) and self.is_connected(own):
             return self._count(item, "keep")
-        running = self.running()
+        running = running_prompt()
         if running is None or running.client_id is None:
             return self._count(item, "untouched")
         adopted = {**extra_data, "client_id": running.client_id}

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .thread_origin import Origin, acting_for
+
 Address = tuple[str, int]
 
 # Bounded so that a pack holding many idle keep-alive connections cannot grow us.
@@ -18,11 +20,14 @@ MAX_TRACKED = 256
 
 @dataclass(frozen=True, slots=True)
 class SelfConnection:
-    """A client socket of this process whose peer is one of our server's sockets."""
+    """A client socket of this process whose peer is one of our server's sockets: the
+    name of the thread that connected it, and the prompt that thread acted for (None for
+    the executor itself and for threads that act for no prompt, see thread_origin)."""
 
     local: Address
     remote: Address
     thread_name: str
+    origin: Origin | None = None
 
 
 def normalize(address: Any) -> Address | None:
@@ -89,7 +94,7 @@ class SelfConnections:
         target = normalize(address)
         if target is None or target[1] not in self._ports:
             return
-        entry = _Entry(weakref.ref(sock), threading.current_thread().name)
+        entry = _Entry(weakref.ref(sock), threading.current_thread().name, acting_for())
         with self._lock:
             self._connecting[id(sock)] = entry
             if len(self) > self._max_tracked:
@@ -112,7 +117,7 @@ class SelfConnections:
                 if self._by_local.get(peer) is entry:
                     del self._by_local[peer]
             return None
-        return SelfConnection(local=peer, remote=here, thread_name=entry.thread_name)
+        return SelfConnection(peer, here, entry.thread_name, entry.origin)
 
     def _settle(self) -> None:
         """Moves sockets whose connect completed into the index by local address."""
@@ -145,6 +150,7 @@ def _closed(sock: socket.socket | None) -> bool:
 class _Entry:
     ref: weakref.ref[socket.socket]
     thread_name: str
+    origin: Origin | None
 
 
 def _ends(sock: socket.socket | None) -> tuple[Address | None, Address | None] | None:

@@ -218,12 +218,14 @@ async def test_api_client_runs_the_naive_pack(auth: AuthServer) -> None:
     assert len(run.tab.of_type("execution_success")) == IMAGES
 
 
-async def test_a_requeue_from_a_timer_thread_gets_no_credentials(auth: AuthServer) -> None:
-    """The documented limit: a thread's origin is not known before auth, so it gets none."""
+async def test_a_requeue_from_a_timer_thread_keeps_the_loop_going(auth: AuthServer) -> None:
+    """The timer acts for the prompt that started it (docs/threads.md), which has finished
+    by the time it fires: it gets that prompt's credentials, and its tab gets the events."""
     prefix = f"timer_{auth.pack}"
     run = await run_as_api_client(auth, loop_graph("timer", prefix, IMAGES))
-    assert len(prompts_saving(run.history, prefix)) == 1
-    assert "HTTP Error 401" in auth.comfy.log_text()  # the pack's timer thread was refused
+    assert len(prompts_saving(run.history, prefix)) == IMAGES  # every iteration ran
+    assert len(saved_by(run.tab, "2")) == IMAGES  # and reached the tab that started it
+    assert "HTTP Error 401" not in auth.comfy.log_text()
 
 
 @pytest.mark.parametrize("path", ["/prompt", "/api/prompt"])
