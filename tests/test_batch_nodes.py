@@ -21,6 +21,7 @@ from PIL import Image
 from comfy_clientid_bridge import internals
 from comfy_clientid_bridge.batch import engine as engine_module
 from comfy_clientid_bridge.batch import nodes
+from comfy_clientid_bridge.batch import pipeline as pipeline_module
 from comfy_clientid_bridge.batch.engine import BatchEngine
 from comfy_clientid_bridge.batch.state import StateStore, read_report
 
@@ -67,8 +68,23 @@ class FakeComfy:
         return f"p{len(self.queued)}"
 
 
+@pytest.fixture(params=["serial", "pipelined"])
+def loop_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs the strictly serial loop (the switch off) and the pipelined one."""
+    made = pipeline_module.make_pipeline() if request.param == "pipelined" else None
+    monkeypatch.setattr(pipeline_module, "_pipeline", made)
+    return str(request.param)
+
+
+def settle() -> None:
+    """Waits for the saves in flight: what the serial loop has done when the saver returns."""
+    made = pipeline_module.batch_pipeline()
+    if made is not None:
+        assert made.saves.wait(timeout=10)
+
+
 @pytest.fixture
-def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeComfy:
+def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop_mode: str) -> FakeComfy:
     fake = FakeComfy(tmp_path / "comfy")
     for folder in (fake.input, fake.output, fake.root / "user", fake.root / "temp"):
         folder.mkdir(parents=True)
@@ -158,7 +174,7 @@ def save(prompt: dict[str, Any], loaded: dict[str, Any], frames: int = 1) -> dic
     image, batch, index = loaded["result"][0], loaded["result"][6], loaded["result"][4]
     inputs = {k: v for k, v in prompt[SAVER]["inputs"].items() if not isinstance(v, list)}
     stack = Frames(np.repeat(np.asarray(image, dtype=np.float32), frames, axis=0))
-    return nodes.BatchImageSaver().save(
+    answer = nodes.BatchImageSaver().save(
         images=stack,
         batch_id=batch,
         index=index,
@@ -166,6 +182,8 @@ def save(prompt: dict[str, Any], loaded: dict[str, Any], frames: int = 1) -> dic
         extra_pnginfo={"workflow": WORKFLOW},
         **inputs,
     )
+    settle()
+    return answer
 
 
 def advance(prompt: dict[str, Any], batch: str, saved: str = "x") -> dict[str, Any]:
@@ -486,9 +504,11 @@ def test_a_failed_write_stops_the_batch_and_is_never_saved(
     monkeypatch.setattr(nodes, "atomic_write_bytes", full_disk)
     prompt = graph()
     loaded = load(prompt)
-    with pytest.raises(RuntimeError, match="could not write"):
-        save(prompt, loaded)
+    with pytest.raises(RuntimeError, match="Batch Image Saver could not write .*No space left"):
+        save(prompt, loaded)  # serial: the saver raises it
+        advance(prompt, loaded["result"][6])  # pipelined: the next node of the batch does
     assert engine().is_stopped(loaded["result"][6])
+    assert comfy.queued == []
     [line] = read_report(report(comfy))
     assert line["status"] == "failed" and "No space left" in line["error"]
 
