@@ -371,13 +371,9 @@ def _hand_over(
     """Gives the image to the save worker -> the files it will write, named as the serial
     loop names them (the files of images still in flight count as taken). Nothing when the
     batch is stopped while the saver waits for room: that image is redone on the next Run."""
-    taken = set(saves.reserved())
-    targets = []
-    for rel in names:
-        target = choose_target(resolve_inside(base, rel), existing, taken)
-        if target is not None:
-            targets.append(target)
-            taken.add(target)
+    taken = saves.reserved()  # a batch's frames have names of their own (_0, _1, ...)
+    chosen = [choose_target(resolve_inside(base, rel), existing, taken) for rel in names]
+    targets = [target for target in chosen if target is not None]
     job = SaveJob(batch, tuple(targets), functools.partial(_stop_on_failure, engine, batch, store))
     if not saves.submit(job, lambda: engine.is_stopped(batch)):
         logger.info("batch %s: stopped while an image waited for the disk; not saved", batch)
