@@ -251,7 +251,9 @@ async def test_a_stop_with_saves_in_flight_keeps_the_report_true_and_run_again_s
         await tab.close()
         await asyncio.gather(listener, return_exceptions=True)
     [report] = [
-        path for path in comfy.output.glob("batch_*.jsonl") if "inflight" in path.read_text()
+        path
+        for path in comfy.output.glob("batch_*.jsonl")
+        if f'"{own_subfolder}/' in path.read_text()
     ]
     saved = {Path(line["output"]).name for line in read_report(report) if line["status"] == "saved"}
     assert handed <= saved  # what the tab was shown is on disk and in the report
