@@ -107,6 +107,19 @@ def test_a_failure_drops_its_batchs_later_jobs_and_is_raised_once(gate: threadin
     worker.raise_failure("a")  # shown once
 
 
+def test_a_job_handed_over_after_its_batchs_failure_was_shown_is_dropped_too() -> None:
+    """The next node raised the error while a saver, past its own check, still handed over."""
+    worker, done = SaveWorker(), []
+    worker.submit(failing("a", "No space left on device"), never_stopped)
+    assert worker.wait("a", timeout=WAIT)
+    with pytest.raises(RuntimeError):
+        worker.raise_failure("a")
+    worker.submit(job("a", done, "late"), never_stopped)
+    assert worker.wait("a", timeout=WAIT)
+    assert done == []
+    worker.raise_failure("a")  # the failure of a dropped job is not raised again
+
+
 def test_a_new_run_forgets_an_unshown_failure() -> None:
     worker = SaveWorker()
     worker.submit(failing("a", "read-only"), never_stopped)

@@ -54,9 +54,9 @@ class SaveJob:
 class SaveWorker:
     """One thread that runs save jobs in the order they are given, `depth` at most in flight.
 
-    A job that raises marks its batch failed: the batch's later jobs are dropped (their images
-    were never reported, so the next Run redoes them) and the error waits for the batch's next
-    node to raise it (`raise_failure`). One thread, not several: the report keeps the order of
+    A job that raises marks its batch failed: the batch's later jobs are dropped until its next
+    Run (`forget_failure`; their images were never reported, so that Run redoes them) and the
+    error waits for the batch's next node to raise it (`raise_failure`). One thread, not several: the report keeps the order of
     the images, and `existing` (skip, increment) sees every earlier image on disk, as in the
     serial loop. The encoder spreads its own deflate over the cores (png.py).
     """
@@ -65,7 +65,8 @@ class SaveWorker:
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _queued: deque[SaveJob] = field(default_factory=deque, repr=False)
     _in_flight: list[SaveJob] = field(default_factory=list, repr=False)
-    _failures: dict[str, Exception] = field(default_factory=dict, repr=False)
+    _failures: dict[str, Exception] = field(default_factory=dict, repr=False)  # not shown yet
+    _failed: set[str] = field(default_factory=set, repr=False)  # batches whose jobs are dropped
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,11 +98,12 @@ class SaveWorker:
                 while not self._queued:
                     self._changed.wait()
                 job = self._queued.popleft()
-                dropped = job.batch in self._failures
+                dropped = job.batch in self._failed
             error = None if dropped else _attempt(job)
             with self._changed:
-                if error is not None:
-                    self._failures.setdefault(job.batch, error)
+                if error is not None and job.batch not in self._failed:
+                    self._failed.add(job.batch)
+                    self._failures[job.batch] = error
                 self._in_flight.remove(job)
                 self._changed.notify_all()
 
@@ -134,9 +136,11 @@ class SaveWorker:
             raise RuntimeError(str(error)) from error
 
     def forget_failure(self, batch: str) -> None:
-        """A new Run of `batch`: an earlier failure nobody was shown is in its report."""
+        """A new Run of `batch`: its jobs are saved again; an earlier failure nobody was shown
+        is in its report."""
         with self._changed:
             self._failures.pop(batch, None)
+            self._failed.discard(batch)
 
 
 def _attempt(job: SaveJob) -> Exception | None:
