@@ -92,6 +92,31 @@ def test_a_submit_gives_up_when_its_batch_is_stopped_while_waiting(gate: threadi
     assert done == ["first"]  # handed over before the stop: finished; the other never was
 
 
+def test_a_stop_while_waiting_is_noticed_without_any_save_ending(gate: threading.Event) -> None:
+    """The saver looks at its batch while it waits, not only when the worker makes room."""
+    worker, done = SaveWorker(depth=1), []
+    worker.submit(job("a", done, "first", gate=gate), never_stopped)
+    answers = iter([False, True])  # stopped while the saver waits
+    assert not worker.submit(job("a", done, "second"), lambda: next(answers))
+    assert done == [] and worker.in_flight() == 1  # the first is still being written
+
+
+def test_the_worker_is_one_named_daemon_thread() -> None:
+    """Named for a person reading a thread dump; a daemon, so a stuck disk cannot hold
+    ComfyUI's exit (the exit waits EXIT_WAIT_SECONDS for it, see batch_pipeline)."""
+    worker = SaveWorker()
+    threads: list[threading.Thread] = []
+
+    def work() -> None:
+        threads.append(threading.current_thread())
+
+    for _ in range(2):
+        worker.submit(SaveJob("a", (), work), never_stopped)
+    assert worker.wait(timeout=WAIT)
+    assert threads[0] is threads[1]
+    assert threads[0].name == "clientid_bridge_save" and threads[0].daemon
+
+
 def test_a_failure_drops_its_batchs_later_jobs_and_is_raised_once(gate: threading.Event) -> None:
     worker, done = SaveWorker(depth=5), []
     worker.submit(job("a", done, "a1", gate=gate), never_stopped)
@@ -238,11 +263,13 @@ def test_a_file_changed_since_its_prefetch_is_read_again(
 def test_a_failure_ahead_is_raised_by_take_as_a_direct_load_would(
     tmp_path: Path, name: str, text: str, message: str
 ) -> None:
-    prefetcher = Loads().prefetcher()
+    loads = Loads()
+    prefetcher = loads.prefetcher()
     path = file(tmp_path, name, text)
     prefetcher.prefetch(path)
     with pytest.raises(ValueError, match=message):
         prefetcher.take(path)
+    assert [call for call, *_ in loads.calls].count("prepare") == 1  # kept, not tried twice
 
 
 def test_a_missing_file_is_not_prefetched(tmp_path: Path) -> None:
@@ -288,13 +315,20 @@ def test_the_switch(value: str | None, on: bool) -> None:
 
 @pytest.mark.parametrize(("value", "made"), [("0", False), ("1", True)], ids=["off", "on"])
 def test_the_process_pipeline_follows_the_switch(
-    monkeypatch: pytest.MonkeyPatch, value: str, made: bool
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str, made: bool
 ) -> None:
     monkeypatch.setenv(pipeline_module.PIPELINE_SWITCH, value)
     monkeypatch.setattr(pipeline_module, "_pipeline", pipeline_module._UNSET)
-    monkeypatch.setattr(pipeline_module.atexit, "register", lambda *args: None)
-    first = pipeline_module.batch_pipeline()
+    at_exit: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(pipeline_module.atexit, "register", lambda *args: at_exit.append(args))
+    with caplog.at_level("INFO", logger="comfy_clientid_bridge"):
+        first = pipeline_module.batch_pipeline()
     assert (first is not None) is made
+    if first is not None:  # ComfyUI's exit waits for the saves in flight, a while at most
+        assert at_exit == [(first.saves.wait, None, pipeline_module.EXIT_WAIT_SECONDS)]
+    else:
+        assert at_exit == []
+        assert "batch loop strictly serial (COMFY_CLIENTID_BRIDGE_PIPELINE)" in caplog.text
     monkeypatch.setenv(pipeline_module.PIPELINE_SWITCH, "1" if value == "0" else "0")
     assert pipeline_module.batch_pipeline() is first  # read once
 
