@@ -328,7 +328,9 @@ def test_the_process_pipeline_follows_the_switch(
         assert at_exit == [(first.saves.wait, None, pipeline_module.EXIT_WAIT_SECONDS)]
     else:
         assert at_exit == []
-        assert "batch loop strictly serial (COMFY_CLIENTID_BRIDGE_PIPELINE)" in caplog.text
+        assert [r.getMessage() for r in caplog.records] == [
+            "clientid_bridge: batch loop strictly serial (COMFY_CLIENTID_BRIDGE_PIPELINE)"
+        ]
     monkeypatch.setenv(pipeline_module.PIPELINE_SWITCH, "1" if value == "0" else "0")
     assert pipeline_module.batch_pipeline() is first  # read once
 
