@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import ssl
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,23 @@ def output_directory() -> Path:
     import folder_paths
 
     return Path(folder_paths.get_output_directory())
+
+
+def viewed_output_file(query: Mapping[str, str]) -> Path | None:
+    """The file of ComfyUI's output folder that GET /view serves for this query, symlinks
+    resolved; None for any other folder, or a query core refuses.
+
+    v0.3.64 and 0.8.0 server.py view_image: `type` defaults to "output"; `subfolder` is
+    joined to the folder; the file is the basename of `filename`. A filename annotated
+    `name [output]` (folder_paths.annotated_filepath) is left to core: the saver never
+    sends one."""
+    filename = query.get("filename", "")
+    if query.get("type", "output") != "output" or not filename or filename.endswith("]"):
+        return None
+    if filename.startswith("/") or ".." in filename:
+        return None
+    folder = os.path.join(output_directory(), query.get("subfolder", ""))
+    return Path(os.path.realpath(os.path.join(folder, os.path.basename(filename))))
 
 
 def temp_directory() -> Path:

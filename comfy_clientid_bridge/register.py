@@ -21,6 +21,8 @@ from .batch.control import (
     stop_batch,
 )
 from .batch.engine import batch_engine
+from .batch.pending_views import pending_view_middleware
+from .batch.pipeline import batch_pipeline
 from .routing.answer_first import ANSWER_FIRST_SWITCH, HeldWakes
 from .routing.broadcasts import (
     BroadcastRouter,
@@ -136,6 +138,16 @@ def _install_batch(server: Any) -> None:
     server.routes.get(BATCH_PATH)(batch_status)
     server.routes.post(BATCH_PATH + "/stop")(stop_batch)
     server.app.middlewares.append(batch_cancel_middleware(control=control))
+    pipeline = batch_pipeline()
+    if pipeline is not None:  # the saver names files the worker has yet to write
+        saves = pipeline.saves
+        server.app.middlewares.append(
+            pending_view_middleware(
+                viewed_file=internals.viewed_output_file,
+                is_pending=saves.is_pending,
+                any_pending=lambda: saves.in_flight() > 0,
+            )
+        )
 
 
 def _install_thread_ties(server: Any) -> ThreadTies | None:

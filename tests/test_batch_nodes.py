@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +23,7 @@ from PIL import Image
 from comfy_clientid_bridge import internals
 from comfy_clientid_bridge.batch import engine as engine_module
 from comfy_clientid_bridge.batch import nodes
+from comfy_clientid_bridge.batch import pipeline as pipeline_module
 from comfy_clientid_bridge.batch.engine import BatchEngine
 from comfy_clientid_bridge.batch.state import StateStore, read_report
 
@@ -68,8 +71,23 @@ class FakeComfy:
         return f"p{len(self.queued)}"
 
 
+@pytest.fixture(params=["serial", "pipelined"])
+def loop_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs the strictly serial loop (the switch off) and the pipelined one."""
+    made = pipeline_module.make_pipeline() if request.param == "pipelined" else None
+    monkeypatch.setattr(pipeline_module, "_pipeline", made)
+    return str(request.param)
+
+
+def settle() -> None:
+    """Waits for the saves in flight: what the serial loop has done when the saver returns."""
+    made = pipeline_module.batch_pipeline()
+    if made is not None:
+        assert made.saves.wait(timeout=10)
+
+
 @pytest.fixture
-def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeComfy:
+def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop_mode: str) -> FakeComfy:
     fake = FakeComfy(tmp_path / "comfy")
     for folder in (fake.input, fake.output, fake.root / "user", fake.root / "temp"):
         folder.mkdir(parents=True)
@@ -156,11 +174,13 @@ def load(prompt: dict[str, Any]) -> dict[str, Any]:
     return nodes.BatchImageLoader().load(prompt=prompt, unique_id=LOADER, **inputs)
 
 
-def save(prompt: dict[str, Any], loaded: dict[str, Any], frames: int = 1) -> dict[str, Any]:
+def save(
+    prompt: dict[str, Any], loaded: dict[str, Any], frames: int = 1, *, wait: bool = True
+) -> dict[str, Any]:
     image, batch, index = loaded["result"][0], loaded["result"][6], loaded["result"][4]
     inputs = {k: v for k, v in prompt[SAVER]["inputs"].items() if not isinstance(v, list)}
     stack = Frames(np.repeat(np.asarray(image, dtype=np.float32), frames, axis=0))
-    return nodes.BatchImageSaver().save(
+    answer = nodes.BatchImageSaver().save(
         images=stack,
         batch_id=batch,
         index=index,
@@ -168,6 +188,9 @@ def save(prompt: dict[str, Any], loaded: dict[str, Any], frames: int = 1) -> dic
         extra_pnginfo={"workflow": WORKFLOW},
         **inputs,
     )
+    if wait:
+        settle()
+    return answer
 
 
 def advance(prompt: dict[str, Any], batch: str, saved: str = "x") -> dict[str, Any]:
@@ -488,9 +511,11 @@ def test_a_failed_write_stops_the_batch_and_is_never_saved(
     monkeypatch.setattr(nodes, "atomic_write_bytes", full_disk)
     prompt = graph()
     loaded = load(prompt)
-    with pytest.raises(RuntimeError, match="could not write"):
-        save(prompt, loaded)
+    with pytest.raises(RuntimeError, match="Batch Image Saver could not write .*No space left"):
+        save(prompt, loaded)  # serial: the saver raises it
+        advance(prompt, loaded["result"][6])  # pipelined: the next node of the batch does
     assert engine().is_stopped(loaded["result"][6])
+    assert comfy.queued == []
     [line] = read_report(report(comfy))
     assert line["status"] == "failed" and "No space left" in line["error"]
 
@@ -573,6 +598,229 @@ def test_a_loop_step_is_keyed_by_its_file(comfy: FakeComfy, photos: Path) -> Non
     os.utime(photos / "img2.png", ns=(1, 1))
     assert is_changed(prompt, 1) != first
     assert is_changed(prompt, 99) != is_changed(prompt, 99)  # no such image: run it
+
+
+# --- the pipelined loop: save behind, decode ahead ----------------------------------------
+
+PIPELINED = pytest.mark.parametrize("loop_mode", ["pipelined"], indirect=True)
+HELD = 10.0  # seconds a held write waits for its gate at most: a hang fails, not stalls
+
+
+def held_writes(
+    monkeypatch: pytest.MonkeyPatch,
+    gate: threading.Event,
+    *,
+    wait: float = HELD,
+    fail: bool = False,
+) -> list[str]:
+    """The saver's writes wait for `gate` (`wait` seconds at most), then write or fail like a
+    full disk. -> the names written, in order."""
+    real = nodes.atomic_write_bytes
+    written: list[str] = []
+
+    def write(path: Path, data: bytes) -> None:
+        gate.wait(wait)
+        if fail:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+        written.append(path.name)
+
+    monkeypatch.setattr(nodes, "atomic_write_bytes", write)
+    return written
+
+
+def step(comfy: FakeComfy) -> dict[str, Any]:
+    """The prompt Batch Next queued last."""
+    return dict(comfy.queued[-1]["prompt"])
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()  # no worker left waiting
+
+
+@PIPELINED
+def test_the_saver_returns_before_its_image_is_written(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    written = held_writes(monkeypatch, gate)
+    prompt = graph()
+    answer = save(prompt, load(prompt), wait=False)
+    target = comfy.output / "batch" / "img1.png"
+    assert answer["ui"] == {
+        "images": [{"filename": "img1.png", "subfolder": "batch", "type": "output"}]
+    }
+    assert answer["result"] == (str(target),)
+    assert written == [] and not target.exists()  # handed over, not written yet
+    assert not list(comfy.output.glob("batch_*.jsonl"))  # nor reported
+    gate.set()
+    settle()
+    assert written == ["img1.png"] and target.is_file()
+    [line] = read_report(report(comfy))
+    assert (line["source"], line["status"]) == ("img1.png", "saved")
+
+
+@PIPELINED
+def test_a_save_failing_behind_the_loop_stops_it_at_the_next_step_and_is_redone_next_run(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    disk = nodes.atomic_write_bytes
+    held_writes(monkeypatch, gate, fail=True)
+    prompt = graph()
+    loaded = load(prompt)
+    batch = loaded["result"][6]
+    save(prompt, loaded, wait=False)
+    advance(prompt, batch)  # the failure is not known yet: the next image is queued
+    gate.set()
+    settle()
+    with pytest.raises(RuntimeError, match="Batch Image Saver could not write .*img1.png"):
+        load(step(comfy))
+    assert engine().is_stopped(batch) and len(comfy.queued) == 1
+    assert [(line["source"], line["status"]) for line in read_report(report(comfy))] == [
+        ("img1.png", "failed")
+    ]
+    monkeypatch.setattr(nodes, "atomic_write_bytes", disk)  # the disk has room again
+    assert run_batch(comfy, graph()) == ["img1", "img2", "img10"]
+
+
+@PIPELINED
+def test_saves_handed_over_before_a_stop_are_finished(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    """Their prompts ended and named the files in the tab and the history: they are written."""
+    written = held_writes(monkeypatch, gate)
+    prompt = graph()
+    loaded = load(prompt)
+    batch = loaded["result"][6]
+    save(prompt, loaded, wait=False)
+    engine().stop(batch)
+    gate.set()
+    settle()
+    assert written == ["img1.png"]
+    assert [line["status"] for line in read_report(report(comfy))] == ["saved"]
+    assert advance(prompt, batch)["ui"]["state"] == ["stopped"] and comfy.queued == []
+
+
+@PIPELINED
+def test_a_stop_while_the_saver_waits_for_room_leaves_that_image_for_the_next_run(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    monkeypatch.setattr(pipeline_module, "_pipeline", pipeline_module.make_pipeline(depth=1))
+    written = held_writes(monkeypatch, gate)
+    prompt = graph()
+    first = load(prompt)
+    batch = first["result"][6]
+    save(prompt, first, wait=False)  # in flight: the worker is full
+    advance(prompt, batch)
+    second = load(step(comfy))
+    engine().stop(batch)
+    answer = save(step(comfy), second, wait=False)  # waits for room, sees the stop
+    assert answer == {"ui": {"images": []}, "result": ("",)}
+    gate.set()
+    settle()
+    assert written == ["img1.png"]
+    assert [line["source"] for line in read_report(report(comfy))] == ["img1.png"]
+
+
+@PIPELINED
+def test_the_end_of_a_batch_comes_after_its_last_save_is_durable(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    for name in ("img2.png", "img10.png"):
+        (photos / name).unlink()
+    held_writes(monkeypatch, gate, wait=0.3)  # the disk is slow; nobody opens the gate
+    prompt = graph()
+    loaded = load(prompt)
+    save(prompt, loaded, wait=False)
+    answer = advance(prompt, loaded["result"][6])
+    assert answer["ui"]["state"] == ["done"] and answer["ui"]["progress"] == [1, 1]
+    assert answer["ui"]["badge"] == ["done: 1 saved, 0 skipped"]
+    assert answer["ui"]["text"][0].startswith("done: 1 image in ")
+    assert [line["status"] for line in read_report(report(comfy))] == ["saved"]
+
+
+@PIPELINED
+def test_a_persons_run_starts_after_the_saves_of_an_earlier_run(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    """Stopped with img1 still being written, Run again: img1 is not claimed a second time."""
+    held_writes(monkeypatch, gate, wait=0.3)
+    prompt = graph()
+    loaded = load(prompt)
+    save(prompt, loaded, wait=False)
+    engine().stop(loaded["result"][6])
+    assert load(graph())["result"][2] == "img2"
+
+
+@pytest.mark.parametrize(
+    ("existing", "outputs", "shown"),
+    [
+        ("increment", ["a.png", "a_1.png"], [["a.png"], ["a_1.png"]]),
+        ("skip", ["a.png"], [["a.png"], []]),
+        ("overwrite", ["a.png"], [["a.png"], ["a.png"]]),
+    ],
+    ids=["increment", "skip", "overwrite"],
+)
+def test_two_images_with_one_output_name_are_named_as_in_the_serial_loop(
+    comfy: FakeComfy,
+    monkeypatch: pytest.MonkeyPatch,
+    gate: threading.Event,
+    existing: str,
+    outputs: list[str],
+    shown: list[list[str]],
+) -> None:
+    """a.jpg and a.png both save as a.png; the first is still being written (pipelined)."""
+    folder = comfy.input / "photos"
+    png(folder / "a.png", (1, 1, 1))
+    Image.new("RGB", (4, 3), (200, 0, 0)).save(folder / "a.jpg")
+    held_writes(monkeypatch, gate, wait=0.3)
+    prompt = graph(existing=existing, subfolder="")
+    first = load(prompt)
+    answers = [save(prompt, first, wait=False)]
+    advance(prompt, first["result"][6])
+    answers.append(save(step(comfy), load(step(comfy)), wait=False))
+    settle()
+    assert [[image["filename"] for image in a["ui"]["images"]] for a in answers] == shown
+    assert sorted(p.name for p in comfy.output.glob("*.png")) == outputs
+    statuses = [line["status"] for line in read_report(report(comfy))]
+    assert statuses == ["saved", "skipped" if existing == "skip" else "saved"]
+    if existing == "overwrite":  # the second image (a.png, grey) was written last
+        with Image.open(comfy.output / "a.png") as image:
+            assert image.getpixel((0, 0)) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("on_error", "stems"),
+    [("skip", ["img1", "img10"]), ("stop", None)],
+    ids=["skip", "stop"],
+)
+def test_an_unreadable_file_read_ahead_is_handled_as_one_read_on_the_spot(
+    comfy: FakeComfy, photos: Path, on_error: str, stems: list[str] | None
+) -> None:
+    (photos / "img2.png").write_bytes(b"\x89PNG broken")
+    prompt = graph()
+    prompt[LOADER]["inputs"]["on_error"] = on_error
+    if stems is None:
+        with pytest.raises(RuntimeError, match="img2.png"):
+            run_batch(comfy, prompt)
+    else:
+        assert run_batch(comfy, prompt) == stems
+    statuses = {line["source"]: line["status"] for line in read_report(report(comfy))}
+    assert statuses["img2.png"] == "unreadable" and statuses["img1.png"] == "saved"
+
+
+@PIPELINED
+def test_the_loader_decodes_the_next_image_ahead(comfy: FakeComfy, photos: Path) -> None:
+    prompt = graph()
+    loaded = load(prompt)
+    made = pipeline_module.batch_pipeline()
+    assert made is not None and made.loads.kept() == [photos / "img2.png"]
+    save(prompt, loaded)
+    advance(prompt, loaded["result"][6])
+    assert load(step(comfy))["result"][2] == "img2"
+    assert made.loads.kept() == [photos / "img10.png"]
 
 
 # --- the interface saved workflows rely on ----------------------------------------------

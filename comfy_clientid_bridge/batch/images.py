@@ -7,6 +7,7 @@ import json
 import logging
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,16 +107,50 @@ def to_uint8(images: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
     return scaled.astype(np.uint8)
 
 
-def _decode(path: Path) -> tuple[FloatImage, FloatImage]:
-    # catch_warnings swaps process-wide filters (not thread-safe before Python 3.14), but it
-    # is the only way to turn Pillow's bomb warning into a refusal without changing its limit.
-    with warnings.catch_warnings():
-        # Over Pillow's limit it only warns (errors at twice the limit); both mean "refuse".
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            image.seek(0)  # animated files: the first frame
+@dataclass(frozen=True, eq=False)
+class OpenedImage:
+    """A file opened by Pillow (its header read), not decoded yet."""
+
+    path: Path
+    image: Image.Image
+
+
+def open_image(path: Path) -> OpenedImage:
+    """Opens `path` and goes to its first frame; UnreadableImage for what Pillow refuses.
+
+    Run on ComfyUI's executor thread, not the prefetch thread: catch_warnings swaps
+    process-wide filters (not thread-safe before Python 3.14), and two threads in it at once
+    could leave the other's filter in place for good. It is the only way to turn Pillow's
+    bomb warning into a refusal without changing its limit."""
+    try:
+        with warnings.catch_warnings():
+            # Over Pillow's limit it only warns (errors at twice the limit); both mean "refuse".
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            try:
+                image.seek(0)  # animated files: the first frame
+            except BaseException:
+                image.close()
+                raise
+    except _PILLOW_FAILURES as error:
+        raise UnreadableImage(path, str(error) or type(error).__name__) from error
+    return OpenedImage(path, image)
+
+
+def decode_opened(opened: OpenedImage) -> tuple[FloatImage, FloatImage]:
+    """The pixels of an opened image as load_image gives them; the image is closed after.
+
+    Safe on another thread than open_image's: it touches no process-wide state."""
+    try:
+        with opened.image as image:
             image.load()
-            return _to_arrays(_upright(image, path))
+            return _to_arrays(_upright(image, opened.path))
+    except _PILLOW_FAILURES as error:
+        raise UnreadableImage(opened.path, str(error) or type(error).__name__) from error
+
+
+def close_opened(opened: OpenedImage) -> None:
+    opened.image.close()
 
 
 def load_image(path: Path) -> tuple[FloatImage, FloatImage]:
@@ -124,10 +159,7 @@ def load_image(path: Path) -> tuple[FloatImage, FloatImage]:
     The mask is 1 - alpha as in ComfyUI's LoadImage, zeros when the file has no alpha.
     Any file Pillow cannot decode, or one over Pillow's size limit, raises UnreadableImage.
     """
-    try:
-        return _decode(path)
-    except _PILLOW_FAILURES as error:
-        raise UnreadableImage(path, str(error) or type(error).__name__) from error
+    return decode_opened(open_image(path))
 
 
 def _check_pixels(rgb_uint8: npt.NDArray[Any]) -> None:

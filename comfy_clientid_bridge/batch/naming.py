@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePath, PurePosixPath
 from typing import BinaryIO
@@ -78,33 +78,34 @@ def resolve_inside(base: Path, rel: str | PurePath) -> Path:
     return target
 
 
-def _free(candidate: Path) -> bool:
+def _free(candidate: Path, reserved: Container[Path]) -> bool:
     # lexists: a dangling symlink is occupied too; we must not write through it.
-    return not os.path.lexists(candidate)
+    return candidate not in reserved and not os.path.lexists(candidate)
 
 
-def _first_free(path: Path) -> Path:
-    if _free(path):
+def _first_free(path: Path, reserved: Container[Path]) -> Path:
+    if _free(path, reserved):
         return path
     for number in range(1, MAX_INCREMENT + 1):
         candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
-        if _free(candidate):
+        if _free(candidate, reserved):
             return candidate
     raise FileExistsError(f"no free name for {path} after {MAX_INCREMENT} attempts")
 
 
-def choose_target(path: Path, policy: str) -> Path | None:
+def choose_target(path: Path, policy: str, reserved: Container[Path] = frozenset()) -> Path | None:
     """Where to write path under policy, or None to skip.
 
     Only the candidate names are checked: listing a folder of 100k outputs per image is too
-    slow. Each image is saved before the next is chosen, so the disk is what is taken.
+    slow. What is taken is the disk plus `reserved`: the files of earlier images still being
+    saved in the background.
     """
     if policy == "overwrite":
         return path
     if policy == "skip":
-        return path if _free(path) else None
+        return path if _free(path, reserved) else None
     if policy == "increment":
-        return _first_free(path)
+        return _first_free(path, reserved)
     raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
 
 

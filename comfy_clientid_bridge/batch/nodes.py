@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import uuid
-from pathlib import Path
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .. import internals
@@ -21,9 +23,10 @@ from .engine import (
     workflow_key,
 )
 from .folders import output_base, resolve_input_folder
-from .images import UnreadableImage, encode_image, load_image, to_uint8
+from .images import FloatImage, UnreadableImage, encode_image, load_image, to_uint8
 from .listing import ORDERS, parse_patterns
 from .naming import POLICIES, atomic_write_bytes, choose_target, output_relpath, resolve_inside
+from .pipeline import Pipeline, SaveJob, SaveWorker, batch_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +129,20 @@ class BatchImageLoader:
         self, cursor: int, prompt: dict[str, Any], unique_id: str, on_error: str, **inputs: Any
     ) -> dict[str, Any]:
         engine = batch_engine()
+        pipeline = batch_pipeline()
         source = _source(**inputs)
         batch = source_batch_id(source, workflow_key(prompt, unique_id))
+        if pipeline is not None:
+            _settle(pipeline.saves, batch, cursor)
         prompt_id = internals.running_prompt_id(internals.prompt_server())
         claimed = engine.begin(batch, source, cursor, prompt_id, unique_id)
-        loaded = _first_readable(engine, claimed, on_error, prompt_id)
+        read = load_image if pipeline is None else pipeline.loads.take
+        loaded = _first_readable(engine, claimed, on_error, prompt_id, read)
         if isinstance(loaded, Halt):
             return _blocked(engine, loaded, len(self.RETURN_TYPES))
         claimed, rgb, mask = loaded
+        if pipeline is not None:
+            _prepare_next(engine, pipeline, source.folder, claimed)
         _show_progress(unique_id, engine.done_of_total(batch)[0], claimed)
         rel = Path(claimed.source)
         image, alpha = _as_tensors(rgb, mask)
@@ -143,6 +152,23 @@ class BatchImageLoader:
         # batch_id in the UI payload: what a Stop button or an API client needs to stop it.
         ui = {**_ui(engine, batch, text, "running"), "file": [rel.name]}
         return {"ui": ui, "result": result}
+
+
+def _settle(saves: SaveWorker, batch: str, cursor: int) -> None:
+    """A person's Run reads the report: an earlier run's saves still in flight land in it
+    first. A loop step raises the error of a save of this batch that failed behind it."""
+    if cursor < 0:
+        saves.wait(batch)
+        saves.forget_failure(batch)
+    else:
+        saves.raise_failure(batch)
+
+
+def _prepare_next(engine: BatchEngine, pipeline: Pipeline, folder: Path, item: Item) -> None:
+    """Decodes the image the next prompt will most likely load while this one runs."""
+    following = engine.next_index(item.batch_id, item.index)
+    if following is not None:
+        pipeline.loads.prefetch(folder / engine.source_of(item.batch_id, following))
 
 
 def _as_tensors(rgb: Any, mask: Any) -> tuple[Any, Any]:
@@ -155,13 +181,17 @@ def _as_tensors(rgb: Any, mask: Any) -> tuple[Any, Any]:
 
 
 def _first_readable(
-    engine: BatchEngine, claimed: Item | Halt, on_error: str, prompt_id: str | None
+    engine: BatchEngine,
+    claimed: Item | Halt,
+    on_error: str,
+    prompt_id: str | None,
+    read: Callable[[Path], tuple[FloatImage, FloatImage]],
 ) -> tuple[Item, Any, Any] | Halt:
     """The claimed image, or the next readable one: files that are unreadable, or gone since
     the run listed the folder ("missing", never a reason to stop), are reported on the way."""
     while isinstance(claimed, Item):
         try:
-            rgb, mask = load_image(claimed.path)
+            rgb, mask = read(claimed.path)
             return claimed, rgb, mask
         except UnreadableImage as error:
             status = "unreadable" if os.path.lexists(claimed.path) else "missing"
@@ -172,7 +202,7 @@ def _first_readable(
             logger.warning("batch %s: skipping %s (%s)", claimed.batch_id, error, status)
             following = engine.next_index(claimed.batch_id, claimed.index)
             if following is None:
-                return Halt(claimed.batch_id, f"done: {engine.finish(claimed.batch_id)}", "done")
+                return Halt(claimed.batch_id, f"done: {_finish(engine, claimed.batch_id)}", "done")
             claimed = engine.claim(claimed.batch_id, following, prompt_id)
     return claimed
 
@@ -268,32 +298,109 @@ class BatchImageSaver:
         extra_pnginfo: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         engine = batch_engine()
+        pipeline = batch_pipeline()
+        if pipeline is not None:
+            pipeline.saves.raise_failure(batch_id)
         base, in_output = output_base(output_folder)
         engine.writes_to(batch_id, _output_folder(base, subfolder))
         workflow = (extra_pnginfo or {}).get("workflow")
-        pixels = to_uint8(images.cpu().numpy())
+        frames = images.cpu().numpy()
         source = engine.source_of(batch_id, index)
-        shown, saved = [], []
-        for number, frame in enumerate(pixels):
-            tail = f"_{number}" if len(pixels) > 1 else ""
-            extension = EXTENSION_OF_FORMAT[format]
-            rel = output_relpath(source, prefix, suffix + tail, extension, subfolder)
-            target = choose_target(resolve_inside(base, rel), existing)
-            if target is None:
-                engine.record(batch_id, index, "skipped", rel.as_posix(), "output exists")
-                continue
-            data = encode_image(frame, format, quality, compress_level, prompt, workflow)
-            _write(engine, batch_id, index, target, data)
-            written = target.relative_to(base).as_posix()
-            engine.record(batch_id, index, "saved", written)
-            saved.append(str(target))
-            if in_output:  # core's /view serves only ComfyUI's own folders
-                parent = Path(written).parent.as_posix()
-                subfolder_shown = "" if parent == "." else parent
-                shown.append(
-                    {"filename": target.name, "subfolder": subfolder_shown, "type": "output"}
-                )
-        return {"ui": {"images": shown}, "result": (";".join(saved),)}
+        extension = EXTENSION_OF_FORMAT[format]
+        names = [
+            output_relpath(
+                source,
+                prefix,
+                f"{suffix}_{number}" if len(frames) > 1 else suffix,
+                extension,
+                subfolder,
+            )
+            for number in range(len(frames))
+        ]
+        encode = functools.partial(
+            encode_image,
+            fmt=format,
+            quality=quality,
+            compress_level=compress_level,
+            prompt=prompt,
+            workflow=workflow,
+        )
+        store = functools.partial(
+            _store,
+            engine,
+            batch_id,
+            index,
+            base,
+            existing,
+            encode,
+            list(zip(names, frames, strict=True)),
+        )
+        if pipeline is None:
+            written = store()
+        else:
+            written = _hand_over(pipeline.saves, engine, batch_id, base, names, existing, store)
+        shown = [_shown(base, target) for target in written] if in_output else []
+        return {"ui": {"images": shown}, "result": (";".join(map(str, written)),)}
+
+
+def _store(
+    engine: BatchEngine,
+    batch: str,
+    index: int,
+    base: Path,
+    existing: str,
+    encode: Callable[[Any], bytes],
+    frames: list[tuple[PurePosixPath, Any]],
+) -> list[Path]:
+    """Names, encodes, writes and reports each frame in turn -> the files written."""
+    written = []
+    for rel, floats in frames:
+        target = choose_target(resolve_inside(base, rel), existing)
+        if target is None:
+            engine.record(batch, index, "skipped", rel.as_posix(), "output exists")
+            continue
+        _write(engine, batch, index, target, encode(to_uint8(floats)))
+        engine.record(batch, index, "saved", target.relative_to(base).as_posix())
+        written.append(target)
+    return written
+
+
+def _hand_over(
+    saves: SaveWorker,
+    engine: BatchEngine,
+    batch: str,
+    base: Path,
+    names: list[PurePosixPath],
+    existing: str,
+    store: Callable[[], list[Path]],
+) -> list[Path]:
+    """Gives the image to the save worker -> the files it will write, named as the serial
+    loop names them (the files of images still in flight count as taken). Nothing when the
+    batch is stopped while the saver waits for room: that image is redone on the next Run."""
+    taken = saves.reserved()  # a batch's frames have names of their own (_0, _1, ...)
+    chosen = [choose_target(resolve_inside(base, rel), existing, taken) for rel in names]
+    targets = [target for target in chosen if target is not None]
+    job = SaveJob(batch, tuple(targets), functools.partial(_stop_on_failure, engine, batch, store))
+    if not saves.submit(job, lambda: engine.is_stopped(batch)):
+        logger.info("batch %s: stopped while an image waited for the disk; not saved", batch)
+        return []
+    return targets
+
+
+def _stop_on_failure(engine: BatchEngine, batch: str, store: Callable[[], list[Path]]) -> None:
+    """A save that fails in the background stops its batch, as one on the executor does."""
+    try:
+        store()
+    except Exception:
+        if not engine.is_stopped(batch):
+            engine.stop(batch)
+        raise
+
+
+def _shown(base: Path, target: Path) -> dict[str, str]:
+    """The saver's UI entry for a file: core's /view serves only ComfyUI's own folders."""
+    parent = target.relative_to(base).parent.as_posix()
+    return {"filename": target.name, "subfolder": "" if parent == "." else parent, "type": "output"}
 
 
 def _output_folder(base: Path, subfolder: str) -> Path:
@@ -310,6 +417,16 @@ def _write(engine: BatchEngine, batch: str, index: int, target: Path, data: byte
         engine.record(batch, index, "failed", None, f"{target}: {error}")
         engine.stop(batch)
         raise RuntimeError(f"Batch Image Saver could not write {target}: {error}") from error
+
+
+def _finish(engine: BatchEngine, batch: str) -> str:
+    """The end of a pass once its last image is durable: the summary counts every save, and
+    a last save that failed is the error, not "done"."""
+    pipeline = batch_pipeline()
+    if pipeline is not None:
+        pipeline.saves.wait(batch)
+        pipeline.saves.raise_failure(batch)
+    return engine.finish(batch)
 
 
 class BatchProgress:
@@ -371,13 +488,16 @@ class BatchNext:
         self, batch_id: str, prompt: dict[str, Any], extra_pnginfo: dict[str, Any] | None
     ) -> dict[str, Any]:
         engine = batch_engine()
+        pipeline = batch_pipeline()
+        if pipeline is not None:
+            pipeline.saves.raise_failure(batch_id)
         if engine.is_stopped(batch_id):
             return {
                 "ui": _ui(engine, batch_id, f"stopped at {engine.progress(batch_id)}", "stopped")
             }
         following = engine.next_index(batch_id, engine.current(batch_id))
         if following is None:
-            return {"ui": _ui(engine, batch_id, f"done: {engine.finish(batch_id)}", "done")}
+            return {"ui": _ui(engine, batch_id, f"done: {_finish(engine, batch_id)}", "done")}
         # The graph as a client sends it: ComfyUI's own additions (is_changed) left out.
         graph = {
             node_id: {

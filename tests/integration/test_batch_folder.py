@@ -131,28 +131,43 @@ async def test_folder_of_twelve(tmp_path: Path, comfy_paths: None, bridge: str) 
     assert "comfy_clientid_bridge/" not in log
 
 
-async def test_sigkill_mid_batch_then_restart_finishes_without_duplicates(
+async def test_sigkill_mid_batch_with_saves_in_flight_then_restart_saves_each_image_once(
     tmp_path: Path, comfy_paths: None
 ) -> None:
     folder = tmp_path / "big"
     folder.mkdir()
     rng = np.random.default_rng(1)
-    for number in range(12):  # noise PNGs at level 9: slow enough to kill mid-batch
+    for number in range(12):  # noise saved at level 9: the save worker is the slow part
         pixels = rng.integers(0, 255, (900, 900, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"n{number:02}.png", compress_level=0)
     graph = batch_graph(folder, compress_level=9, subfolder="big")
     root = tmp_path / "comfy"
     with running_comfyui(root, packs=[REPO]) as comfy:
         async with aiohttp.ClientSession() as session:
-            await post(session, comfy.url, {"prompt": graph})
-            for _ in range(600):
-                if len(list((comfy.output / "big").glob("*.png"))) >= 3:
+            tab = await Tab(session, comfy.url, uuid.uuid4().hex).open()
+            listener = asyncio.create_task(tab.listen())
+            await post(session, comfy.url, {"prompt": graph, "client_id": tab.client_id})
+            for _ in range(1200):
+                if len(saver_images(tab)) >= 4:  # the 4th image just handed to the worker
                     break
-                await asyncio.sleep(0.05)
-        os.kill(comfy.process.pid, signal.SIGKILL)
-        comfy.process.wait()
-    done_before = len(list((root / "output" / "big").glob("*.png")))
-    assert 3 <= done_before < 12, "the kill must land mid-batch"
+                await asyncio.sleep(0.01)
+            os.kill(comfy.process.pid, signal.SIGKILL)
+            comfy.process.wait()
+            handed = {image["filename"] for image in saver_images(tab)}
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+    report = next((root / "output").glob("batch_*.jsonl"))
+    reported = {line["output"] for line in read_report(report) if line["status"] == "saved"}
+    on_disk = {
+        p.relative_to(root / "output").as_posix() for p in (root / "output" / "big").glob("*")
+    }
+    assert 1 <= len(reported) < 12, "the kill must land mid-batch"
+    assert {f"big/{name}" for name in handed} - reported, "the kill must land with saves in flight"
+    assert reported <= on_disk  # a reported image is on disk (hidden temp files aside)
+    for name in on_disk:
+        if not Path(name).name.startswith("."):
+            with Image.open(root / "output" / name) as image:
+                image.load()  # a truncated file under a real name would raise here
     with running_comfyui(root, packs=[REPO]) as comfy:
         async with aiohttp.ClientSession() as session:
             await post(session, comfy.url, {"prompt": graph})
@@ -162,11 +177,7 @@ async def test_sigkill_mid_batch_then_restart_finishes_without_duplicates(
     for name in outputs:
         with Image.open(root / "output" / "big" / name) as image:
             image.load()  # a truncated file would raise here
-    saved = [
-        line
-        for line in read_report(next((root / "output").glob("batch_*.jsonl")))
-        if line["status"] == "saved"
-    ]
+    saved = [line for line in read_report(report) if line["status"] == "saved"]
     assert sorted(line["source"] for line in saved) == [f"n{number:02}.png" for number in range(12)]
 
 
@@ -215,6 +226,44 @@ async def test_stopping_a_batch(comfy: Comfy, tmp_path: Path, how: str, own_subf
         assert not queue["queue_running"] and not queue["queue_pending"]
         await tab.close()
         await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_a_stop_with_saves_in_flight_keeps_the_report_true_and_run_again_saves_the_rest(
+    comfy: Comfy, tmp_path: Path, own_subfolder: str
+) -> None:
+    """The saves handed to the worker before the Stop are finished and reported; the next Run
+    saves the others, each once ("increment" would write c03_out_1.png for an image twice)."""
+    folder = slow_folder(tmp_path / "inflight", 8)
+    graph = batch_graph(folder, compress_level=9, subfolder=own_subfolder, existing="increment")
+    out = comfy.output / own_subfolder
+    async with aiohttp.ClientSession() as session:
+        tab = await Tab(session, comfy.url, uuid.uuid4().hex).open()
+        listener = asyncio.create_task(tab.listen())
+        await post(session, comfy.url, {"prompt": graph, "client_id": tab.client_id})
+        for _ in range(1200):
+            if len(saver_images(tab)) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        await stop_by("stop-route", session, comfy.url, tab)
+        await wait_idle(session, comfy.url)
+        await asyncio.sleep(1)  # longer than the worker takes to finish what it was handed
+        handed = {image["filename"] for image in saver_images(tab)}
+        await tab.close()
+        await asyncio.gather(listener, return_exceptions=True)
+    [report] = [
+        path
+        for path in comfy.output.glob("batch_*.jsonl")
+        if f'"{own_subfolder}/' in path.read_text()
+    ]
+    saved = {Path(line["output"]).name for line in read_report(report) if line["status"] == "saved"}
+    assert handed <= saved  # what the tab was shown is on disk and in the report
+    assert saved == {p.name for p in out.glob("*.png")} and len(saved) < 8
+    tab, _ = await run(comfy, graph)
+    assert sorted(p.name for p in out.glob("*.png")) == [f"c{n:02}_out.png" for n in range(8)]
+    redone = [e["output"]["file"][0] for e in tab.of_type("executed") if e["node"] == "1"]
+    assert sorted(redone) == sorted(
+        f"c{n:02}.png" for n in range(8) if f"c{n:02}_out.png" not in saved
+    )
 
 
 async def test_two_tabs_starting_the_same_batch_process_each_image_once(

@@ -188,6 +188,15 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     tab_b.evaluate("() => window.app.loadGraphData()")  # B: the default workflow, same node ids
     record(tab_a)
     record(tab_b)
+    # The saver names files its worker may not have written yet: every one the tab asks
+    # for must be there when it asks (GET /view waits for a save in flight).
+    views: list[tuple[str, int]] = []
+    tab_a.on(
+        "response",
+        lambda r: (
+            views.append((r.url, r.status)) if "/view?" in r.url and "_out" in r.url else None
+        ),
+    )
     tab_a.get_by_role("button", name="Run").first.click()
 
     shot_taken = False
@@ -232,6 +241,7 @@ def test_tab_sees_every_iteration_and_another_user_sees_none(
     texts_b = "() => window.app.graph._nodes.flatMap(n => (n.widgets || []).map(w => w.value))"
     assert not [text for text in tab_b.evaluate(texts_b) if f"/{IMAGES} " in str(text)]
     assert shot_taken
+    assert views and all(status == 200 for _, status in views), views
 
 
 def test_outputs_stay_on_their_workflow_across_workflow_tabs(
