@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 
 from comfy_clientid_bridge import internals
+from comfy_clientid_bridge.batch.pipeline import SaveJob, SaveWorker
 from comfy_clientid_bridge.routing import thread_origin
 from comfy_clientid_bridge.routing.thread_origin import (
     MARKER,
     Origin,
     ThreadTies,
     acting_for,
+    detached,
 )
 
 EXECUTOR = "Thread-1 (prompt_worker)"  # ComfyUI's executor thread, where node code runs
@@ -428,3 +430,24 @@ def test_a_fresh_process_wraps_both_methods_once() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[True,", "True]", "True", "True", "True", "1", "1", "True"]
+
+
+def test_threads_and_tasks_started_detached_act_for_nobody(executor: Executor) -> None:
+    executor.running = P
+
+    def inside_and_after() -> tuple[Origin | None, Origin | None, Origin | None]:
+        with ThreadPoolExecutor(max_workers=1) as pool, detached():
+            thread = started_here(THREAD_KINDS[0])
+            task = pool.submit(acting_for).result()
+        return thread, task, started_here(THREAD_KINDS[0])
+
+    assert on(EXECUTOR, inside_and_after) == (None, None, P)
+
+
+def test_the_save_worker_started_during_a_prompt_acts_for_no_prompt(executor: Executor) -> None:
+    executor.running = P
+    worker, seen = SaveWorker(), []
+    job = SaveJob("batch", (), lambda: seen.append(acting_for()))
+    assert on(EXECUTOR, lambda: worker.submit(job, stopped=lambda: False))
+    assert worker.wait(timeout=10)
+    assert seen == [None]

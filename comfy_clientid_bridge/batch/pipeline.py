@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ..routing.thread_origin import detached
 from .images import FloatImage, OpenedImage, close_opened, decode_opened, open_image
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,8 @@ class SaveWorker:
                 self._thread = threading.Thread(
                     target=self._run, name="clientid_bridge_save", daemon=True
                 )
-                self._thread.start()
+                with detached():  # it serves every later prompt, not the first one only
+                    self._thread.start()
             self._changed.notify_all()
         return True
 

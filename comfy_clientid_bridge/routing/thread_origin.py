@@ -21,8 +21,9 @@ import logging
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,19 @@ def acting_for() -> Origin | None:
     if origin is None:
         return _tied_thread_origin()
     return origin if type(origin) is Origin else None
+
+
+@contextmanager
+def detached() -> Iterator[None]:
+    """Threads started and tasks submitted inside act for no prompt: for a worker that the
+    package starts during one prompt and that serves every later one (the batch saver's),
+    which would otherwise act for the first prompt all its life."""
+    previous = getattr(_acting, "origin", None)
+    _acting.origin = UNTIED
+    try:
+        yield
+    finally:
+        _acting.origin = previous
 
 
 def _tied_thread_origin() -> Origin | None:
