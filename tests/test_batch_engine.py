@@ -660,3 +660,49 @@ def test_the_process_engine_lives_in_comfyuis_folders(
     assert made.store.root == tmp_path / "user" / "clientid_bridge" / "batches"
     assert made.report_dir == tmp_path / "output"
     assert made.is_alive("p1") and not made.is_alive("p2")
+
+
+@pytest.mark.parametrize(
+    ("reported", "saving", "badge", "text", "counts"),
+    [
+        (0, 0, "0/4 · ETA --:--", "0/4 (0%) · img3.png · ETA --:--", (0, 4)),
+        (1, 2, "3/4 · ETA 0:00", "3/4 (75%) · img3.png · ETA 0:00", (1, 4)),
+        (3, 1, "4/4 · ETA 0:00", "4/4 (100%) · done in 0:00", (3, 4)),
+        (2, 5, "4/4 · ETA 0:00", "4/4 (100%) · done in 0:00", (2, 4)),
+        (4, 0, "done: 4 saved, 0 skipped", "4/4 (100%) · done in 0:00", (4, 4)),
+    ],
+    ids=["nothing-yet", "two-being-saved", "last-being-saved", "capped", "all-reported"],
+)
+def test_shown_counts_take_images_being_saved_as_processed(
+    tmp_path: Path,
+    folder: Path,
+    clock: list[float],
+    reported: int,
+    saving: int,
+    badge: str,
+    text: str,
+    counts: tuple[int, int],
+) -> None:
+    """With the pipeline, an image whose prompt ended is processed for the person watching;
+    the counts clients act on, and the badge's "done", wait for its report line."""
+    engine = BatchEngine(
+        StateStore(tmp_path / "state"), tmp_path / "out", lambda _: False, saving=lambda _: saving
+    )
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    for index in range(reported):
+        engine.record("b1", index, "saved", "o")
+    assert engine.badge("b1") == badge
+    assert engine.progress("b1", "img3.png") == text
+    assert engine.done_of_total("b1") == counts
+
+
+def test_a_stopped_batch_shows_its_images_being_saved(
+    tmp_path: Path, folder: Path, clock: list[float]
+) -> None:
+    engine = BatchEngine(
+        StateStore(tmp_path / "state"), tmp_path / "out", lambda _: False, saving=lambda _: 2
+    )
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.record("b1", 0, "saved", "o")
+    engine.stop("b1")
+    assert engine.badge("b1") == "stopped: 3/4"

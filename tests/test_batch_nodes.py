@@ -110,7 +110,9 @@ def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop_mode: str) -> Fa
     monkeypatch.setattr(internals, "show_node_progress", lambda *args: fake.progress.append(args))
     monkeypatch.setattr(internals, "show_node_text", lambda *args: fake.texts.append(args))
     monkeypatch.setattr(nodes, "_as_tensors", lambda rgb, mask: (rgb[None], mask[None]))
-    engine = BatchEngine(StateStore(tmp_path / "state"), fake.output, lambda _: False)
+    engine = BatchEngine(
+        StateStore(tmp_path / "state"), fake.output, lambda _: False, saving=engine_module._saving
+    )
     monkeypatch.setattr(engine_module, "_engine", engine)
     return fake
 
@@ -660,6 +662,22 @@ def test_the_saver_returns_before_its_image_is_written(
     assert written == ["img1.png"] and target.is_file()
     [line] = read_report(report(comfy))
     assert (line["source"], line["status"]) == ("img1.png", "saved")
+
+
+@PIPELINED
+def test_the_next_image_counts_the_one_being_saved_as_processed(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    held_writes(monkeypatch, gate)
+    prompt = graph()
+    loaded = load(prompt)
+    batch = loaded["result"][6]
+    save(prompt, loaded, wait=False)
+    advance(prompt, batch)
+    following = load(step(comfy))
+    assert following["ui"]["text"][0].startswith("1/3 (33%) · img2.png")
+    assert following["ui"]["progress"] == [0, 3]  # what clients act on: reported ones
+    assert comfy.progress[-1][1:] == (2, 3)  # the progress bar: this image among them
 
 
 @PIPELINED

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import internals
 from .listing import find_images, order_images, select
+from .pipeline import batch_pipeline
 from .progress import eta_seconds, format_eta, progress_text, summary_text
 from .state import (
     FINISHED_STATUSES,
@@ -136,12 +137,21 @@ class BatchEngine:
     """Batches by id: the folder listed once per run, progress from the append-only report.
 
     `is_alive(prompt_id)` says whether a prompt is still queued or running in ComfyUI.
+    `saving(batch)` counts the batch's images handed to the save worker and not reported yet
+    (batch/pipeline.py): what the progress text and badge show counts them as processed,
+    since their prompts have ended and their files were shown; the counts clients act on
+    (`done_of_total`, the status route) and the end of a batch wait for their report lines.
     """
 
     def __init__(
-        self, store: StateStore, report_dir: Path, is_alive: Callable[[str], bool]
+        self,
+        store: StateStore,
+        report_dir: Path,
+        is_alive: Callable[[str], bool],
+        saving: Callable[[str], int] = lambda batch: 0,
     ) -> None:
         self.store, self.report_dir, self.is_alive = store, report_dir, is_alive
+        self.saving = saving
         self._runs: dict[str, _Run] = {}
         self._lock = threading.RLock()
 
@@ -230,6 +240,11 @@ class BatchEngine:
         """(images saved, skipped or failed so far, images in the batch)."""
         run = self._runs[batch]
         return len(run.done), len(run.state.files)
+
+    def processed(self, batch: str) -> int:
+        """Images reported or being saved: the count a person is shown."""
+        run = self._runs[batch]
+        return min(len(run.done) + self.saving(batch), len(run.state.files))
 
     def current(self, batch: str) -> int:
         return self._runs[batch].current
@@ -332,7 +347,7 @@ class BatchEngine:
     def progress(self, batch: str, current: str = "") -> str:
         run = self._runs[batch]
         elapsed = time.monotonic() - run.started
-        done, total = len(run.done), len(run.state.files)
+        done, total = self.processed(batch), len(run.state.files)
         return progress_text(done, total, current, elapsed, done_before=run.done_at_start)
 
     def badge(self, batch: str) -> str:
@@ -345,6 +360,7 @@ class BatchEngine:
             tail = f", {failed} failed" if failed else ""
             tail += f", {counts['missing']} missing" if counts["missing"] else ""
             return f"done: {counts['saved']} saved, {counts['skipped']} skipped{tail}"
+        done = self.processed(batch)  # the end above waits for the last report line
         if run.stopped:
             return f"stopped: {done}/{total}"
         elapsed = time.monotonic() - run.started
@@ -392,5 +408,11 @@ def batch_engine() -> BatchEngine:
             store,
             internals.output_directory(),
             lambda prompt_id: internals.is_prompt_alive(internals.prompt_server(), prompt_id),
+            saving=_saving,
         )
     return _engine
+
+
+def _saving(batch: str) -> int:
+    pipeline = batch_pipeline()
+    return 0 if pipeline is None else pipeline.saves.in_flight(batch)

@@ -143,7 +143,7 @@ class BatchImageLoader:
         claimed, rgb, mask = loaded
         if pipeline is not None:
             _prepare_next(engine, pipeline, source.folder, claimed)
-        _show_progress(unique_id, engine.done_of_total(batch)[0], claimed)
+        _show_progress(unique_id, engine.processed(batch), claimed)
         rel = Path(claimed.source)
         image, alpha = _as_tensors(rgb, mask)
         text = engine.progress(batch, rel.name)
