@@ -12,6 +12,7 @@ from typing import Any
 from .. import internals
 from .engine import (
     CURSOR_INPUT,
+    ONE_FILE_INPUT,
     BatchEngine,
     Halt,
     Item,
@@ -103,6 +104,12 @@ class BatchImageLoader:
                     },
                 ),
             },
+            "optional": {
+                ONE_FILE_INPUT: (
+                    "STRING",
+                    {"default": "", "tooltip": "set by the terminal runner; leave empty"},
+                ),
+            },
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
@@ -187,6 +194,7 @@ def _source(
     limit: int,
     shard_index: int,
     shard_count: int,
+    file: str = "",
     **_: Any,
 ) -> Source:
     return Source(
@@ -199,6 +207,7 @@ def _source(
         limit=limit,
         shard_index=shard_index,
         shard_count=shard_count,
+        file=file.strip(),
     )
 
 
