@@ -21,6 +21,7 @@ from .batch.control import (
     stop_batch,
 )
 from .batch.engine import batch_engine
+from .batch.uploads import UPLOADS_PATH, remove_uploads
 from .routing.answer_first import ANSWER_FIRST_SWITCH, HeldWakes
 from .routing.broadcasts import (
     BroadcastRouter,
@@ -102,6 +103,7 @@ def _install_batch(server: Any) -> None:
     server.app[CONTROL] = control
     server.routes.get(BATCH_PATH)(batch_status)
     server.routes.post(BATCH_PATH + "/stop")(stop_batch)
+    server.routes.delete(UPLOADS_PATH)(remove_uploads)
     server.app.middlewares.append(batch_cancel_middleware(control=control))
 
 
