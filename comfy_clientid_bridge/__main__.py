@@ -12,7 +12,6 @@ from .tools.schedule import LOST_AFTER
 DEFAULT_SERVER = "http://127.0.0.1:8188"  # ComfyUI's own default address
 
 
-
 def program_name(argv0: str) -> str:
     """How the user called us, for --help: the console script or `python -m`."""
     if Path(argv0).name == "__main__.py":

@@ -4,6 +4,7 @@ and the route that removes it (ComfyUI has no route that deletes an input)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 from pathlib import Path
@@ -34,4 +35,6 @@ async def remove_uploads(request: web.Request) -> web.Response:
     except ValueError as error:
         return web.json_response({"error": str(error)}, status=400)
     await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the root too, once no batch has uploads there
+        folder.parent.rmdir()
     return web.json_response({"removed": not folder.exists()})

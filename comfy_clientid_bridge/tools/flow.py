@@ -170,6 +170,7 @@ class Runner:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.started = clock()
         self._recorded_moves: set[int] = set()
+        self.finishing = 0  # accepted images being downloaded and recorded
         self._assign_leftovers()
 
     def _assign_leftovers(self) -> None:
@@ -222,7 +223,8 @@ class Runner:
             self._expire()
             for lease in self.plan.assign():
                 self._submit(lease)
-            if self.plan.finished_all and not any(e.leftovers for e in self.endpoints.values()):
+            leftovers = any(endpoint.leftovers for endpoint in self.endpoints.values())
+            if self.plan.finished_all and not leftovers and not self.finishing:
                 return EXIT_OK if not self.plan.failed else EXIT_INCOMPLETE
             if self.plan.live():
                 idle_since = None
@@ -342,6 +344,16 @@ class Runner:
                 del endpoint.attempts[prompt_id]
 
     async def _finish(self, endpoint: Endpoint, attempt: int, *, ok: bool, note: str) -> None:
+        self.finishing += 1
+        try:
+            await self._settle(endpoint, attempt, ok=ok, note=note)
+        finally:
+            self.finishing -= 1
+            self.wake.set()
+
+    async def _settle(self, endpoint: Endpoint, attempt: int, *, ok: bool, note: str) -> None:
+        """Records a finish: the first of an image is accepted (downloaded first, with
+        --download), a later one discarded, a failure noted."""
         images = endpoint.outputs.pop(attempt, [])
         state = endpoint.loader_state.pop(attempt, "running")
         self._forget(endpoint, attempt)
