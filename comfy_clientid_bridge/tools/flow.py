@@ -42,7 +42,9 @@ REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60)
 HEARTBEAT = 5.0
 # With no server able to take work for this long, the run ends (exit 1) instead of waiting.
 GIVE_UP = 120.0
-RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)  # between connection attempts, then 5 s each
+# Between connection attempts, then 2 s each: a server back (or late) gets work soon, and a
+# refused connection costs next to nothing.
+RETRY_SECONDS = (0.5, 1.0, 2.0)
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_NOT_STARTED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
