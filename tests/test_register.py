@@ -25,6 +25,7 @@ ROUTES = [
     register.STATUS_PATH,
     register.BATCH_PATH,
     register.BATCH_PATH + "/stop",
+    register.UPLOADS_PATH,
 ]
 
 
