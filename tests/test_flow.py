@@ -17,7 +17,7 @@ from fake_flow_comfy import FakeFlowComfy
 
 from comfy_clientid_bridge.__main__ import parser
 from comfy_clientid_bridge.batch.uploads import uploads_folder
-from comfy_clientid_bridge.tools.cli import BatchError, prepare, server_urls
+from comfy_clientid_bridge.tools.cli import BatchError, batch, prepare, server_urls
 from comfy_clientid_bridge.tools.flow import (
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -366,3 +366,12 @@ async def test_a_server_refusing_the_credentials_stops_the_run_before_anything_i
     with pytest.raises(FlowError, match="refused our credentials"):
         await flow(two.urls, tmp_path / "in", tmp_path)
     assert two.fakes[1].queued == []
+
+
+def test_static_shards_refuse_upload_and_download(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(upload=True)
+    status = batch(["http://127.0.0.1:9"], tmp_path, tmp_path, static=True, settings=settings)
+    assert status == 2
+    assert "--upload and --download need the runner without --static" in capsys.readouterr().err

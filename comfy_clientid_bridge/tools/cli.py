@@ -383,13 +383,17 @@ def batch(
 ) -> int:
     """The folder through the workflow: flowing over the servers (one prompt per image), or
     with `static` as the servers' own loops over one shard each."""
+    settings = settings or Settings()
+    if static and (settings.upload or settings.download is not None):
+        make_view(as_json=as_json).error("--upload and --download need the runner without --static")
+        return EXIT_NOT_STARTED
     if not static:
         return flowing_batch(
             servers,
             workflow_file,
             folder,
             as_json=as_json,
-            settings=settings or Settings(),
+            settings=settings,
             credentials=credentials,
         )
     view = make_view(as_json=as_json)

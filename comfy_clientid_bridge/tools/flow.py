@@ -82,6 +82,7 @@ class Endpoint:
     cancelled: set[int] = field(default_factory=set)
     leftovers: list[tuple[int, int, str]] = field(default_factory=list)  # image, attempt, pid
     uploaded: bool = False
+    ws: aiohttp.ClientWebSocketResponse[bool] | None = None
 
 
 def batch_key(graph: Mapping[str, Any], loader: str, folder: Path) -> str:
@@ -171,7 +172,7 @@ class Runner:
         self.duplicates: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
         self.started = clock()
-        self._recorded_moves: set[int] = set()
+        self._recorded_moves: set[int] = set()  # indices into plan.moves in the ledger
         self.finishing = 0  # accepted images being downloaded and recorded
         self._assign_leftovers()
 
@@ -247,10 +248,10 @@ class Runner:
             self.ledger.returned(lease.image)
             self.view.taken_back(self.ledger.source(lease.image), lease.server)
             self._spawn(self._cancel(self.endpoints[lease.server], lease))
-        for move in self.plan.moves:
-            if move.to is not None and move.image not in self._recorded_moves:
-                self._recorded_moves.add(move.image)
-                text = f"{move.source} -> {move.to} ({move.reason})"
+        for number, move in enumerate(self.plan.moves):
+            if move.to is not None and number not in self._recorded_moves:
+                self._recorded_moves.add(number)
+                text = f"{host(move.source)} -> {host(move.to)} ({move.reason})"
                 self.ledger.moved(move.image, text)
         if self.clock() - self.started > self.settings.lost_after:
             for endpoint in self.endpoints.values():
@@ -275,7 +276,7 @@ class Runner:
                     headers=endpoint.headers,
                     heartbeat=HEARTBEAT,
                 ) as ws:
-                    failures = 0
+                    failures, endpoint.ws = 0, ws
                     await self._connected(endpoint)
                     if endpoint.broken is not None:
                         break
@@ -283,11 +284,12 @@ class Runner:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 if endpoint.ready:
                     logger.info("%s: %s", endpoint.name, error)
+            endpoint.ws = None
             if endpoint.ready:
                 endpoint.ready = False
                 self.plan.server_down(endpoint.url)
                 self.view.server(endpoint.name, "lost")
-                self.wake.set()
+            self.wake.set()
             await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
             failures += 1
 
@@ -459,14 +461,29 @@ class Runner:
                 f"{endpoint.url}/prompt", json=body, headers=endpoint.headers
             ) as reply:
                 answer = await reply.text()
-            if reply.status != 200:
+            if reply.status == 400:  # ComfyUI's refusal of the graph: its node_errors
                 raise FlowError(f"{endpoint.name} refused the prompt: {answer[:300]}")
+            if reply.status != 200:  # a proxy's error, a server in trouble: not the image's
+                raise aiohttp.ClientResponseError(
+                    reply.request_info, (), status=reply.status, message=answer[:300]
+                )
         except FlowError as error:
             self.view.error(str(error))
             self._give_back(endpoint, lease, failed=True)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             logger.info("%s: could not queue %s: %s", endpoint.name, source, error)
             self._give_back(endpoint, lease, failed=False)
+            await self._reconnect(endpoint)
+
+    async def _reconnect(self, endpoint: Endpoint) -> None:
+        """A server that failed a request takes no work until it is checked again: its
+        websocket is closed, and the connection loop connects, checks and reconciles."""
+        if endpoint.ready:
+            endpoint.ready = False
+            self.plan.server_down(endpoint.url)
+            self.view.server(endpoint.name, "lost")
+        if endpoint.ws is not None:
+            await endpoint.ws.close()
 
     def _give_back(self, endpoint: Endpoint, lease: Lease, *, failed: bool) -> None:
         self._forget(endpoint, lease.attempt)
@@ -492,8 +509,12 @@ class Runner:
             f"{endpoint.url}/upload/image", data=form, headers=endpoint.headers
         ) as reply:
             answer = await reply.text()
-        if reply.status != 200:
+        if 400 <= reply.status < 500:  # this file, here: not a reason to stop the server
             raise FlowError(f"{endpoint.name} refused the upload of {source}: {answer[:300]}")
+        if reply.status != 200:
+            raise aiohttp.ClientResponseError(
+                reply.request_info, (), status=reply.status, message=answer[:300]
+            )
         endpoint.uploaded = True
 
     async def _download(

@@ -50,7 +50,14 @@ class FlowView:
         self._line(
             f"[{self.done}/{self.total}] {source} <- {server}: {note}{late} ({elapsed:.1f} s)"
         )
-        self._event("image", source=source, server=server, outcome=outcome, note=note)
+        self._event(
+            "image",
+            source=source,
+            server=server,
+            outcome=outcome,
+            note=note,
+            elapsed=round(elapsed, 3),
+        )
 
     def taken_back(self, source: str, server: str) -> None:
         self._line(f"{source}: taken back from {server}")

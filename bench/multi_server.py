@@ -1,0 +1,296 @@
+"""One folder over three real ComfyUIs: static shards against work that flows, and failures.
+
+Run: python bench/multi_server.py   (needs a ComfyUI checkout: COMFYUI_PATH/COMFYUI_PYTHON,
+or eval "$(bash scripts/comfyui_matrix.sh env)" and CIB_BENCH_CELL=0.8.0 to pick one)
+
+Three servers on this machine (--cpu), identical but for a stand-in node that holds each image
+HOLDS seconds (tests/integration/slow_pack, $CIB_TEST_HOLD_SECONDS per server): two fast, one
+slow. 60 tiny PNGs. Side by side in one run, alternating (twice; once more at ten times
+the holds, where ComfyUI's own CPU per image is small beside the hold):
+  static: `batch --static` (the old code path, kept as that flag: server k of n loops over
+          every n-th image by itself);
+  flow:   `batch` (one prompt per image to whichever server is free).
+makespan / ideal, where ideal = images / the sum of the servers' rates, each measured alone
+first with the same runner on CALIBRATION images (its steady rate: between the first and the
+last image finished). Target for flow: <= 1.2.
+Then the failures, each counted by source name over every server's output folder:
+  kill:    a fast server SIGKILLed a third of the way in (exit 0, each image saved once);
+  restart: the same with longer holds, and the server started again at its address mid-run
+           (it gets work again);
+  runner:  the runner SIGKILLed a third of the way in, then the same command again;
+  upload:  --upload --download: every output arrives locally, byte for byte the server's.
+Prints the load average: the machine is shared, so only ratios of one run mean much.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from comfy_clientid_bridge.tools.launcher import REPO, Comfy, running_comfyui  # noqa: E402
+
+SLOW_PACK = REPO / "tests" / "integration" / "slow_pack"
+EXAMPLE = REPO / "examples" / "batch_folder.api.json"
+HOLDS = (0.05, 0.05, 0.4)
+# Ten times longer: ComfyUI's own work per image (~0.1 s of CPU here) is then small beside
+# the hold, so three servers on two shared cores measure the scheduling, not CPU contention.
+SCALED = (0.5, 0.5, 4.0)
+RESTART_HOLDS = (1.0, 1.0, 8.0)  # long enough that a restarted server is back mid-run
+IMAGES, CALIBRATION = 60, 8
+
+
+class Servers:
+    def __init__(self, root: Path, holds: tuple[float, ...]) -> None:
+        self.root, self.holds = root, holds
+        self.stacks = [ExitStack() for _ in holds]
+        self.comfies = [self.start(index) for index in range(len(holds))]
+
+    def start(self, index: int, port: int | None = None) -> Comfy:
+        return self.stacks[index].enter_context(
+            running_comfyui(
+                self.root / f"s{index}",
+                packs=[REPO, SLOW_PACK],
+                env={"CIB_TEST_HOLD_SECONDS": str(self.holds[index])},
+                port=port,
+            )
+        )
+
+    def kill(self, index: int) -> None:
+        os.kill(self.comfies[index].process.pid, signal.SIGKILL)
+        self.comfies[index].process.wait()
+        self.stacks[index].close()
+
+    def restart(self, index: int) -> None:
+        port = int(self.comfies[index].url.rsplit(":", 1)[1])
+        self.comfies[index] = self.start(index, port)
+
+    def close(self) -> None:
+        for stack in self.stacks:
+            stack.close()
+
+    def saved(self, subfolder: str) -> Counter[str]:
+        """Output files over every server, by the source image they came from."""
+        return Counter(
+            path.name.removesuffix("_out.png") + ".png"
+            for index in range(len(self.holds))
+            for path in (self.root / f"s{index}" / "output" / subfolder).glob("*.png")
+        )
+
+
+def make_images(folder: Path, count: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    names = [f"img{n:03}.png" for n in range(count)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / name)
+    return names
+
+
+def workflow(path: Path, subfolder: str) -> Path:
+    graph = json.loads(EXAMPLE.read_text())
+    graph["2"]["inputs"]["subfolder"] = subfolder
+    graph["5"] = {"class_type": "ClientIdBridgeTest_Hold", "inputs": {"image": ["1", 0]}}
+    graph["2"]["inputs"]["images"] = ["5", 0]
+    path.write_text(json.dumps(graph))
+    return path
+
+
+class Run:
+    def __init__(self, work: Path, tag: str, servers: list[str], folder: Path, *extra: str):
+        flow = workflow(work / f"{tag}.json", tag)
+        self.args = [sys.executable, "-m", "comfy_clientid_bridge", "batch", "--json"]
+        self.args += ["--workflow", str(flow), "--folder", str(folder)]
+        self.args += ["--ledger", str(work / f"{tag}.sqlite"), *extra]
+        for server in servers:
+            self.args += ["--server", server]
+        self.early: list[str] = []
+
+    def start(self) -> subprocess.Popen[str]:
+        self.began = time.monotonic()
+        return subprocess.Popen(
+            self.args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait(self, process: subprocess.Popen[str]) -> tuple[int, float, list[dict[str, Any]]]:
+        out, err = process.communicate(timeout=600)
+        took = time.monotonic() - self.began
+        if process.returncode not in (0, -9):
+            print(err[-2000:], file=sys.stderr)
+        lines = [*self.early, *out.splitlines()]
+        self.early = []
+        return process.returncode, took, [json.loads(line) for line in lines if line.strip()]
+
+    def images_done_then(self, process: subprocess.Popen[str], count: int) -> None:
+        """Reads events until `count` images are done (kept for `wait`)."""
+        assert process.stdout is not None
+        while sum('"event":"image"' in line for line in self.early) < count:
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the runner ended early: {process.wait()}")
+            self.early.append(line)
+
+
+def run_once(work: Path, tag: str, servers: list[str], folder: Path, *extra: str) -> float:
+    run = Run(work, tag, servers, folder, *extra)
+    status, took, _ = run.wait(run.start())
+    assert status == 0, f"{tag}: exit {status}"
+    return took
+
+
+def calibrate(work: Path, servers: Servers, folder: Path, tag: str) -> list[float]:
+    """Each server alone: its steady rate, from the runner's time of each finished image."""
+    rates = []
+    for index, comfy in enumerate(servers.comfies):
+        run_once(work, f"{tag}warm{index}", [comfy.url], folder / "warm")
+        run = Run(work, f"{tag}alone{index}", [comfy.url], folder / "calibration")
+        status, _, events = run.wait(run.start())
+        assert status == 0
+        times = sorted(e["elapsed"] for e in events if e["event"] == "image")
+        rates.append((len(times) - 1) / (times[-1] - times[0]))
+    return rates
+
+
+def compare(
+    work: Path, servers: Servers, folder: Path, rates: list[float], rounds: int, name: str
+) -> None:
+    urls = [comfy.url for comfy in servers.comfies]
+    ideal = IMAGES / sum(rates)
+    results: dict[str, list[float]] = {"static": [], "flow": []}
+    for number in range(rounds):
+        for mode in ("static", "flow"):
+            tag = f"{name}{mode}{number}"
+            cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+            extra = ("--static",) if mode == "static" else ()
+            took = run_once(work, tag, urls, folder / "sixty", *extra)
+            assert servers.saved(tag) == Counter(f"img{n:03}.png" for n in range(IMAGES)), tag
+            results[mode].append(took)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            runner_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+            print(
+                f"  {tag:14} makespan {took:6.2f} s  / ideal {took / ideal:5.2f}  "
+                f"(runner CPU {runner_cpu:.2f} s; load {os.getloadavg()[0]:.1f})"
+            )
+    holds = ", ".join(f"{hold * 1000:.0f}" for hold in servers.holds)
+    print(
+        f"holds {holds} ms: ideal {ideal:.2f} s "
+        f"(rates alone {', '.join(f'{r:.2f}' for r in rates)} img/s)"
+    )
+    for mode, times in results.items():
+        print(f"  {mode:7} median makespan / ideal: {statistics.median(times) / ideal:.2f}")
+
+
+def killed(work: Path, servers: Servers, folder: Path, *, restart: bool) -> None:
+    tag = "restart" if restart else "kill"
+    urls = [comfy.url for comfy in servers.comfies]
+    run = Run(work, tag, urls, folder / "sixty", "--lost-after", "5")
+    process = run.start()
+    run.images_done_then(process, IMAGES // 3)
+    servers.kill(0)
+    killed_at = time.monotonic() - run.began
+    if restart:
+        servers.restart(0)
+        print(
+            f"  {tag}: server 0 killed at {killed_at:.1f} s, back at "
+            f"{time.monotonic() - run.began:.1f} s"
+        )
+    status, took, events = run.wait(process)
+    counts = servers.saved(tag)
+    once = counts == Counter(f"img{n:03}.png" for n in range(IMAGES))
+    summary = events[-1]
+    name0 = urls[0].removeprefix("http://")
+    after = [e for e in events if e["event"] == "image" and e["server"] == name0]
+    print(
+        f"{tag:7}: exit {status}, {took:.1f} s, files {sum(counts.values())} for "
+        f"{len(counts)} sources, each once: {once}, moved {len(summary['moves'])}, "
+        f"server 0 did {summary['servers'].get(name0, 0)} (all its accepted images: {len(after)})"
+    )
+
+
+def runner_killed(work: Path, servers: Servers, folder: Path) -> None:
+    urls = [comfy.url for comfy in servers.comfies]
+    run = Run(work, "runner", urls, folder / "sixty")
+    process = run.start()
+    run.images_done_then(process, IMAGES // 3)
+    process.kill()
+    process.wait()
+    run.early = []
+    status, took, events = run.wait(run.start())
+    counts = servers.saved("runner")
+    once = counts == Counter(f"img{n:03}.png" for n in range(IMAGES))
+    print(
+        f"runner : killed at {IMAGES // 3} images; again: exit {status}, "
+        f"{events[0]['done_before']} done before, {events[-1]['servers']} this time; files "
+        f"{sum(counts.values())} for {len(counts)} sources, each once: {once}"
+    )
+
+
+def upload(work: Path, servers: Servers, folder: Path) -> None:
+    urls = [comfy.url for comfy in servers.comfies]
+    local = work / "downloaded"
+    run_once(work, "upload", urls, folder / "sixty", "--upload", "--download", str(local))
+    same = 0
+    for path in local.glob("*.png"):
+        for index in range(len(servers.holds)):
+            there = servers.root / f"s{index}" / "output" / "upload" / path.name
+            same += there.exists() and there.read_bytes() == path.read_bytes()
+    left = [
+        index
+        for index in range(len(servers.holds))
+        if (servers.root / f"s{index}" / "input" / "clientid_bridge_uploads").exists()
+    ]
+    print(
+        f"upload : {len(list(local.glob('*.png')))} files downloaded, {same} byte for byte "
+        f"the server's; uploads left on servers: {left or 'none'}"
+    )
+
+
+def main() -> None:
+    print(f"load average at start: {os.getloadavg()}; {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as temp:
+        work = Path(temp)
+        folder = work / "in"
+        make_images(folder / "sixty", IMAGES)
+        make_images(folder / "calibration", CALIBRATION)
+        make_images(folder / "warm", 2)
+        servers = Servers(work / "servers", HOLDS)
+        try:
+            rates = calibrate(work, servers, folder, "base")
+            compare(work, servers, folder, rates, 2, "base")
+            killed(work, servers, folder, restart=False)
+            servers.restart(0)
+            runner_killed(work, servers, folder)
+            upload(work, servers, folder)
+        finally:
+            servers.close()
+        servers = Servers(work / "scaled-servers", SCALED)
+        try:
+            rates = calibrate(work, servers, folder, "scaled")
+            compare(work, servers, folder, rates, 1, "scaled")
+        finally:
+            servers.close()
+        servers = Servers(work / "slow-servers", RESTART_HOLDS)
+        try:
+            killed(work, servers, folder, restart=True)
+        finally:
+            servers.close()
+    print(f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
