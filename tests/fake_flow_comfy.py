@@ -25,6 +25,7 @@ class FakeFlowComfy:
     sources: list[str] = field(default_factory=list)  # each prompt's file, in order
     uploads: dict[str, bytes] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    dropped: set[str] = field(default_factory=set)  # prompt ids deleted from the queue
     authorizations: list[str] = field(default_factory=list)
     running: str | None = None
     paused: asyncio.Event = field(default_factory=asyncio.Event)  # set: the worker waits
@@ -36,7 +37,7 @@ class FakeFlowComfy:
         app.router.add_get("/ws", self._ws)
         app.router.add_post("/prompt", self._prompt)
         app.router.add_get("/queue", self._queue)
-        app.router.add_post("/queue", self._ok)
+        app.router.add_post("/queue", self._delete_prompts)
         app.router.add_post("/interrupt", self._ok)
         app.router.add_get("/history/{pid}", self._history)
         app.router.add_post("/upload/image", self._upload)
@@ -96,6 +97,8 @@ class FakeFlowComfy:
             pid, graph, client_id = await self._work.get()
             while self.paused.is_set():
                 await asyncio.sleep(0.01)
+            if pid in self.dropped:
+                continue
             self.running = pid
             source = str(graph[LOADER_ID]["inputs"]["file"])
             self.sources.append(source)
@@ -128,10 +131,20 @@ class FakeFlowComfy:
             await ws.send_json({"type": kind, "data": data})
 
     async def _queue(self, request: web.Request) -> web.Response:
-        waiting = [[n, pid] for n, (pid, _, _) in enumerate(self.queued) if pid not in self.history]
+        waiting = [
+            [n, pid]
+            for n, (pid, _, _) in enumerate(self.queued)
+            if pid not in self.history and pid not in self.dropped
+        ]
         running = [item for item in waiting if item[1] == self.running]
         pending = [item for item in waiting if item[1] != self.running]
         return web.json_response({"queue_running": running, "queue_pending": pending})
+
+    async def _delete_prompts(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        # Like ComfyUI: a running prompt is not deleted by POST /queue.
+        self.dropped.update(str(pid) for pid in body.get("delete", []) if pid != self.running)
+        return web.json_response({})
 
     async def _ok(self, request: web.Request) -> web.Response:
         return web.json_response({})

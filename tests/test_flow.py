@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ from comfy_clientid_bridge.batch.uploads import uploads_folder
 from comfy_clientid_bridge.tools.cli import BatchError, batch, prepare, server_urls
 from comfy_clientid_bridge.tools.flow import (
     EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     FlowError,
     Settings,
@@ -375,3 +378,28 @@ def test_static_shards_refuse_upload_and_download(
     status = batch(["http://127.0.0.1:9"], tmp_path, tmp_path, static=True, settings=settings)
     assert status == 2
     assert "--upload and --download need the runner without --static" in capsys.readouterr().err
+
+
+async def test_ctrl_c_deletes_the_waiting_prompts_and_keeps_the_running_one_leased(
+    two: Fakes, tmp_path: Path
+) -> None:
+    names = pngs(tmp_path / "in", 8)
+    for fake in two.fakes:
+        fake.hold = 0.5
+
+    async def interrupt_when_both_run() -> None:
+        while not all(fake.running for fake in two.fakes):
+            await asyncio.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = asyncio.ensure_future(interrupt_when_both_run())
+    assert await flow(two.urls, tmp_path / "in", tmp_path) == EXIT_INTERRUPTED
+    await interrupter
+    statuses = Counter(line["status"] for line in report(tmp_path))
+    assert statuses == {"leased": 2, "pending": 6}  # one running on each server
+    assert all(len(fake.dropped) == 1 for fake in two.fakes)  # each one's waiting prompt
+    for fake in two.fakes:
+        fake.hold = 0.0
+    assert await flow(two.urls, tmp_path / "in", tmp_path) == EXIT_OK
+    ran = two.fakes[0].sources + two.fakes[1].sources
+    assert Counter(ran) == Counter(names)  # the two that ran on are not run again
