@@ -53,6 +53,8 @@ HOLDS = (0.05, 0.05, 0.4)
 SCALED = (0.5, 0.5, 4.0)
 RESTART_HOLDS = (1.0, 1.0, 8.0)  # long enough that a restarted server is back mid-run
 IMAGES, CALIBRATION = 60, 8
+# Which parts run (CIB_BENCH_PARTS=scaled,restart for some): all by default.
+PARTS = set(os.environ.get("CIB_BENCH_PARTS", "base,failures,scaled,restart").split(","))
 
 
 class Servers:
@@ -147,10 +149,19 @@ class Run:
 
 
 def run_once(work: Path, tag: str, servers: list[str], folder: Path, *extra: str) -> float:
+    return timed(work, tag, servers, folder, *extra)[0]
+
+
+def timed(
+    work: Path, tag: str, servers: list[str], folder: Path, *extra: str
+) -> tuple[float, float | None]:
+    """(seconds from the command's start to its exit, seconds from the runner's start line
+    to its last image: the flowing runner only)."""
     run = Run(work, tag, servers, folder, *extra)
-    status, took, _ = run.wait(run.start())
+    status, took, events = run.wait(run.start())
     assert status == 0, f"{tag}: exit {status}"
-    return took
+    finished = [e["elapsed"] for e in events if e["event"] == "image" and "elapsed" in e]
+    return took, max(finished) if finished else None
 
 
 def calibrate(work: Path, servers: Servers, folder: Path, tag: str) -> list[float]:
@@ -177,14 +188,15 @@ def compare(
             tag = f"{name}{mode}{number}"
             cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
             extra = ("--static",) if mode == "static" else ()
-            took = run_once(work, tag, urls, folder / "sixty", *extra)
+            took, in_run = timed(work, tag, urls, folder / "sixty", *extra)
             assert servers.saved(tag) == Counter(f"img{n:03}.png" for n in range(IMAGES)), tag
             results[mode].append(took)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             runner_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+            inside = "" if in_run is None else f"; start line to last image {in_run / ideal:.2f}"
             print(
                 f"  {tag:14} makespan {took:6.2f} s  / ideal {took / ideal:5.2f}  "
-                f"(runner CPU {runner_cpu:.2f} s; load {os.getloadavg()[0]:.1f})"
+                f"(runner CPU {runner_cpu:.2f} s; load {os.getloadavg()[0]:.1f}{inside})"
             )
     holds = ", ".join(f"{hold * 1000:.0f}" for hold in servers.holds)
     print(
@@ -268,27 +280,32 @@ def main() -> None:
         make_images(folder / "sixty", IMAGES)
         make_images(folder / "calibration", CALIBRATION)
         make_images(folder / "warm", 2)
-        servers = Servers(work / "servers", HOLDS)
-        try:
-            rates = calibrate(work, servers, folder, "base")
-            compare(work, servers, folder, rates, 2, "base")
-            killed(work, servers, folder, restart=False)
-            servers.restart(0)
-            runner_killed(work, servers, folder)
-            upload(work, servers, folder)
-        finally:
-            servers.close()
-        servers = Servers(work / "scaled-servers", SCALED)
-        try:
-            rates = calibrate(work, servers, folder, "scaled")
-            compare(work, servers, folder, rates, 1, "scaled")
-        finally:
-            servers.close()
-        servers = Servers(work / "slow-servers", RESTART_HOLDS)
-        try:
-            killed(work, servers, folder, restart=True)
-        finally:
-            servers.close()
+        if {"base", "failures"} & PARTS:
+            servers = Servers(work / "servers", HOLDS)
+            try:
+                if "base" in PARTS:
+                    rates = calibrate(work, servers, folder, "base")
+                    compare(work, servers, folder, rates, 3, "base")
+                if "failures" in PARTS:
+                    killed(work, servers, folder, restart=False)
+                    servers.restart(0)
+                    runner_killed(work, servers, folder)
+                    upload(work, servers, folder)
+            finally:
+                servers.close()
+        if "scaled" in PARTS:
+            servers = Servers(work / "scaled-servers", SCALED)
+            try:
+                rates = calibrate(work, servers, folder, "scaled")
+                compare(work, servers, folder, rates, 1, "scaled")
+            finally:
+                servers.close()
+        if "restart" in PARTS:
+            servers = Servers(work / "slow-servers", RESTART_HOLDS)
+            try:
+                killed(work, servers, folder, restart=True)
+            finally:
+                servers.close()
     print(f"load average at end: {os.getloadavg()}")
 
 

@@ -238,3 +238,12 @@ def test_the_rate_is_learnt_from_start_to_finish() -> None:
 def test_depth_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="depth must be >= 1"):
         Scheduler([], clock=Clock(), depth=0)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "held"), [(None, 2), (0.5, 2), (1.99, 2), (2.0, 1), (8.0, 1)], ids=str
+)
+def test_a_server_with_long_images_holds_one_at_a_time(seconds: float | None, held: int) -> None:
+    plan, _ = scheduler(100, "a", depth=2)
+    plan.server("a").seconds_per_image = seconds
+    assert len(plan.assign()) == held

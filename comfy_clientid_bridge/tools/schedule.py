@@ -35,8 +35,12 @@ STALL_FACTOR = 10.0
 # ... but never less than this: the first image of a server loads its models.
 STALL_FLOOR = 300.0
 # Prompts held by one server: one running and one waiting on the server, so it starts the
-# next image without a round trip to the runner.
+# next image without a round trip to the runner ...
 DEPTH = 2
+# ... unless its images take this long: the round trip (milliseconds) is nothing beside
+# them, and an image waiting there would be committed to a slow server early (the end of
+# the run, and what moves when it dies).
+ONE_AT_A_TIME_FROM = 2.0
 # Weight of the newest image time in a server's running average.
 RATE_WEIGHT = 0.3
 
@@ -133,7 +137,7 @@ class Scheduler:
         """The leases to submit now."""
         leases = []
         while self._skip_finished():
-            free = [s for s in self.live() if len(s.leases) < self.depth]
+            free = [s for s in self.live() if len(s.leases) < self.depth_of(s)]
             if not free:
                 break
             server = min(free, key=lambda s: self._free_at(s) + self._seconds(s))
@@ -157,6 +161,11 @@ class Scheduler:
             move = self.moves[moved]
             self.moves[moved] = Move(move.image, move.source, move.reason, server.name)
         return lease
+
+    def depth_of(self, server: Server) -> int:
+        """How many prompts the server may hold."""
+        seconds = server.seconds_per_image
+        return 1 if seconds is not None and seconds >= ONE_AT_A_TIME_FROM else self.depth
 
     def _seconds(self, server: Server) -> float:
         """The server's time per image; before its first, the others' median (or 1 s)."""
