@@ -226,11 +226,17 @@ def killed(work: Path, servers: Servers, folder: Path, *, restart: bool) -> None
     once = counts == Counter(f"img{n:03}.png" for n in range(IMAGES))
     summary = events[-1]
     name0 = urls[0].removeprefix("http://")
-    after = [e for e in events if e["event"] == "image" and e["server"] == name0]
+    # Image times count from the runner's start line, a little after the process start:
+    # an image with a time past `killed_at` finished after the kill.
+    after = [
+        e
+        for e in events
+        if e["event"] == "image" and e["server"] == name0 and e["elapsed"] > killed_at
+    ]
     print(
         f"{tag:7}: exit {status}, {took:.1f} s, files {sum(counts.values())} for "
         f"{len(counts)} sources, each once: {once}, moved {len(summary['moves'])}, "
-        f"server 0 did {summary['servers'].get(name0, 0)} (all its accepted images: {len(after)})"
+        f"server 0 did {summary['servers'].get(name0, 0)}, {len(after)} of them after the kill"
     )
 
 

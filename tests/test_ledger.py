@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,3 +112,15 @@ def test_a_second_runner_on_the_same_ledger_is_refused(ledger: Ledger) -> None:
 
 def test_the_ledger_is_in_wal_mode(ledger: Ledger) -> None:
     assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_changes_reach_the_file_at_a_flush(ledger: Ledger) -> None:
+    ledger.sync(["a.png"])
+    [a] = ledger.todo()
+    ledger.lease(a, "s1", 1, "p1")
+    reader = sqlite3.connect(ledger.path)
+    status = "SELECT status FROM images WHERE idx = ?"
+    assert reader.execute(status, (a,)).fetchone() == ("pending",)  # a kill now loses it
+    ledger.flush()
+    assert reader.execute(status, (a,)).fetchone() == ("leased",)
+    reader.close()

@@ -45,6 +45,8 @@ GIVE_UP = 120.0
 # Between connection attempts, then 2 s each: a server back (or late) gets work soon, and a
 # refused connection costs next to nothing.
 RETRY_SECONDS = (0.5, 1.0, 2.0)
+# The longest a finished image waits in memory before its ledger row is committed.
+FLUSH_SECONDS = 0.05
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_NOT_STARTED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -174,6 +176,7 @@ class Runner:
         self.started = clock()
         self._recorded_moves: set[int] = set()  # indices into plan.moves in the ledger
         self.finishing = 0  # accepted images being downloaded and recorded
+        self._flushed = clock()
         self._assign_leftovers()
 
     def _assign_leftovers(self) -> None:
@@ -224,8 +227,16 @@ class Runner:
         idle_since: float | None = None
         while not self.stop.is_set():
             self._expire()
-            for lease in self.plan.assign():
+            leases = self.plan.assign()
+            for lease in leases:
                 self._submit(lease)
+            # Every lease is on disk before its prompt is sent (the tasks run at the next
+            # await): a runner killed then knows which server may have the image. Finishes
+            # are committed with it, at most FLUSH_SECONDS late; one lost to a kill is found
+            # in the server's history by the next run.
+            if leases or self.clock() - self._flushed > FLUSH_SECONDS:
+                self.ledger.flush()
+                self._flushed = self.clock()
             leftovers = any(endpoint.leftovers for endpoint in self.endpoints.values())
             if self.plan.finished_all and not leftovers and not self.finishing:
                 return EXIT_OK if not self.plan.failed else EXIT_INCOMPLETE
@@ -238,7 +249,8 @@ class Runner:
                 return EXIT_INCOMPLETE
             self.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=0.5)
+                timeout = FLUSH_SECONDS if self.ledger.unflushed else 0.5
+                await asyncio.wait_for(self.wake.wait(), timeout=timeout)
         return EXIT_INTERRUPTED
 
     def _expire(self) -> None:

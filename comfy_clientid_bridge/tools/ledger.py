@@ -66,8 +66,10 @@ class Ledger:
         # commits, which then run again (the servers' own reports skip them).
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self._writes: list[tuple[str, tuple[Any, ...]]] = []
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
         self._lock.close()
 
@@ -89,6 +91,7 @@ class Ledger:
 
     def todo(self) -> Iterator[int]:
         """Listed images not done and not leased, in listing order."""
+        self.flush()
         cursor = self.db.execute(
             "SELECT idx FROM images WHERE listed = 1 AND status IN ('pending', 'failed') "
             "ORDER BY idx"
@@ -97,12 +100,14 @@ class Ledger:
 
     def leased(self) -> list[Row]:
         """Images a server had when the last run ended: perhaps still running there."""
+        self.flush()
         return self._rows("WHERE listed = 1 AND status = 'leased' ORDER BY idx")
 
     def source(self, idx: int) -> str:
         return str(self.db.execute("SELECT source FROM images WHERE idx = ?", (idx,)).fetchone()[0])
 
     def max_attempt(self) -> int:
+        self.flush()
         return int(self.db.execute("SELECT coalesce(max(attempt), 0) FROM images").fetchone()[0])
 
     def lease(self, idx: int, server: str, attempt: int, prompt_id: str) -> None:
@@ -125,19 +130,31 @@ class Ledger:
         self._set(idx, status="pending", server=None, prompt_id=None)
 
     def moved(self, idx: int, text: str) -> None:
-        self.db.execute(
-            "UPDATE images SET moves = coalesce(moves || '; ', '') || ? WHERE idx = ?",
-            (text, idx),
-        )
+        statement = "UPDATE images SET moves = coalesce(moves || '; ', '') || ? WHERE idx = ?"
+        self._writes.append((statement, (text, idx)))
 
     def _set(self, idx: int, **values: Any) -> None:
         columns = ", ".join(f"{name} = ?" for name in values)
-        self.db.execute(
-            f"UPDATE images SET {columns}, updated = ? WHERE idx = ?",  # noqa: S608 (our names)
-            (*values.values(), time.time(), idx),
-        )
+        statement = f"UPDATE images SET {columns}, updated = ? WHERE idx = ?"  # noqa: S608
+        self._writes.append((statement, (*values.values(), time.time(), idx)))
+
+    def flush(self) -> None:
+        """Commits the changes made since the last flush, in one transaction (a commit per
+        change costs more than the rest of an image's hand-out together)."""
+        if not self._writes:
+            return
+        writes, self._writes = self._writes, []
+        self.db.execute("BEGIN")
+        for statement, values in writes:
+            self.db.execute(statement, values)
+        self.db.execute("COMMIT")
+
+    @property
+    def unflushed(self) -> int:
+        return len(self._writes)
 
     def counts(self) -> dict[str, int]:
+        self.flush()
         found = dict(
             self.db.execute(
                 "SELECT status, count(*) FROM images WHERE listed = 1 GROUP BY status"
@@ -165,6 +182,7 @@ class Ledger:
 
     def write_report(self, out: TextIO) -> None:
         """One JSON line per listed image: its source, what became of it, which server."""
+        self.flush()
         cursor = self.db.execute(
             "SELECT idx, source, status, server, attempt, prompt_id, outputs, note, moves "
             "FROM images WHERE listed = 1 ORDER BY idx"
