@@ -194,7 +194,7 @@ class Runner:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(sig, self._interrupt)
         try:
             for endpoint in self.endpoints.values():
                 self._spawn(self._serve(endpoint))
@@ -211,6 +211,11 @@ class Runner:
             await self._remove_uploads()
         return status
 
+    def _interrupt(self) -> None:
+        """Ctrl-C: the dispatcher stops now (not at its next half-second tick)."""
+        self.stop.set()
+        self.wake.set()
+
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
         self.tasks.add(task)
@@ -221,7 +226,7 @@ class Runner:
         if not task.cancelled() and task.exception() is not None:
             logger.error("runner task failed", exc_info=task.exception())
             self.view.error(f"internal error: {task.exception()!r}")
-            self.stop.set()
+            self._interrupt()
 
     async def _dispatch(self) -> int:
         idle_since: float | None = None
