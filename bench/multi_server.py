@@ -18,6 +18,8 @@ Then the failures, each counted by source name over every server's output folder
   restart: the same with longer holds, and the server started again at its address mid-run
            (it gets work again);
   runner:  the runner SIGKILLed a third of the way in, then the same command again;
+  hung:    a server SIGSTOPped a third of the way in, SIGCONTed once its images moved (a
+           late finish; the servers share an output folder);
   upload:  --upload --download: every output arrives locally, byte for byte the server's.
 Prints the load average: the machine is shared, so only ratios of one run mean much.
 """
@@ -240,6 +242,42 @@ def killed(work: Path, servers: Servers, folder: Path, *, restart: bool) -> None
     )
 
 
+def hung(work: Path, servers: Servers, folder: Path) -> None:
+    """A server stopped (SIGSTOP: it answers nothing, its process keeps its state) a third
+    of the way in, continued once its images were moved: it finishes the image it held,
+    late. The servers share one output folder (the saver's output_folder), where the
+    saver's "skip" keeps the late one from writing a second file."""
+    shared = work / "shared-output"
+    urls = [comfy.url for comfy in servers.comfies]
+    run = Run(work, "hung", urls, folder / "sixty", "--lost-after", "2")
+    graph = json.loads(Path(run.args[run.args.index("--workflow") + 1]).read_text())
+    graph["2"]["inputs"]["output_folder"] = str(shared)
+    Path(run.args[run.args.index("--workflow") + 1]).write_text(json.dumps(graph))
+    process = run.start()
+    run.images_done_then(process, IMAGES // 3)
+    pid = servers.comfies[0].process.pid
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = time.monotonic() - run.began
+    assert process.stdout is not None
+    while '"event":"moved"' not in run.early[-1]:
+        run.early.append(process.stdout.readline())
+    os.kill(pid, signal.SIGCONT)
+    moved_at = time.monotonic() - run.began
+    status, took, events = run.wait(process)
+    time.sleep(3)  # the late image, if it finishes after the run
+    counts = Counter(
+        path.name.removesuffix("_out.png") + ".png" for path in (shared / "hung").glob("*.png")
+    )
+    once = counts == Counter(f"img{n:03}.png" for n in range(IMAGES))
+    summary = events[-1]
+    print(
+        f"hung   : stopped at {stopped_at:.1f} s, its images moved and continued at "
+        f"{moved_at:.1f} s; exit {status}, {took:.1f} s, files {sum(counts.values())} for "
+        f"{len(counts)} sources, each once: {once}; moved {len(summary['moves'])}, "
+        f"late finishes discarded: {len(summary['discarded'])}"
+    )
+
+
 def runner_killed(work: Path, servers: Servers, folder: Path) -> None:
     urls = [comfy.url for comfy in servers.comfies]
     run = Run(work, "runner", urls, folder / "sixty")
@@ -296,6 +334,7 @@ def main() -> None:
                     killed(work, servers, folder, restart=False)
                     servers.restart(0)
                     runner_killed(work, servers, folder)
+                    hung(work, servers, folder)
                     upload(work, servers, folder)
             finally:
                 servers.close()
