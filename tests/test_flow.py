@@ -403,3 +403,28 @@ async def test_ctrl_c_deletes_the_waiting_prompts_and_keeps_the_running_one_leas
     assert await flow(two.urls, tmp_path / "in", tmp_path) == EXIT_OK
     ran = two.fakes[0].sources + two.fakes[1].sources
     assert Counter(ran) == Counter(names)  # the two that ran on are not run again
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("out", "per_image_lines"), [(io.StringIO, 2), (Terminal, 0)], ids=["pipe", "terminal"]
+)
+def test_a_terminal_gets_a_bar_and_a_pipe_a_line_per_image(
+    out: type[io.StringIO], per_image_lines: int
+) -> None:
+    stream = out()
+    view = FlowView(out=stream)
+    view.started(3, 0, ["a:1"], "ledger")
+    view.finished("x.png", "a:1", "accepted", "saved")
+    view.finished("y.png", "a:1", "accepted", "saved")
+    view.finished("z.png", "a:1", "failed", "boom")
+    view.summary(1, {"pending": 0, "leased": 0, "done": 2, "failed": 1}, [], [], "r")
+    text = stream.getvalue()
+    assert text.count("<- a:1: saved") == per_image_lines
+    assert "z.png <- a:1: boom" in text  # a failure is a line of its own either way
+    assert text.rstrip().endswith("result: 2/3 images, 1 failed (exit 1)")
+    assert ("img/s" in text) is (out is Terminal)

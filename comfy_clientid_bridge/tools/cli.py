@@ -443,3 +443,5 @@ def flowing_batch(
     except KeyboardInterrupt:
         view.error("interrupted before the run began")
         return EXIT_INTERRUPTED
+    finally:
+        view.close()

@@ -9,9 +9,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 
 class FlowView:
-    """Plain lines on `out`; with `data`, one JSON object per event there as well."""
+    """Plain lines on `out` (on a terminal, a tqdm bar with the events above it); with
+    `data`, one JSON object per event there as well."""
 
     def __init__(self, out: TextIO | None = None, data: TextIO | None = None) -> None:
         self.out = sys.stderr if out is None else out
@@ -20,8 +23,12 @@ class FlowView:
         self.done = 0
         self.start = time.monotonic()
         self.by_server: Counter[str] = Counter()
+        self.bar: tqdm[Any] | None = None
 
     def _line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.out)
+            return
         self.out.write(text + "\n")
         self.out.flush()
 
@@ -36,6 +43,16 @@ class FlowView:
         before = f", {done_before} done before" if done_before else ""
         self._line(f"{total} images{before}; servers: {', '.join(servers)}; ledger: {ledger}")
         self._event("start", total=total, done_before=done_before, servers=list(servers))
+        if self.out.isatty():
+            self.bar = tqdm(
+                total=total,
+                initial=done_before,
+                unit="img",
+                file=self.out,
+                dynamic_ncols=True,
+                smoothing=0,
+                mininterval=0,
+            )
 
     def server(self, name: str, state: str, why: str = "") -> None:
         self._line(f"{name}: {state}" + (f" ({why})" if why else ""))
@@ -47,9 +64,15 @@ class FlowView:
             self.by_server[server] += 1
         elapsed = time.monotonic() - self.start
         late = " (late finish, accepted)" if outcome == "late" else ""
-        self._line(
-            f"[{self.done}/{self.total}] {source} <- {server}: {note}{late} ({elapsed:.1f} s)"
-        )
+        if self.bar is None:
+            self._line(
+                f"[{self.done}/{self.total}] {source} <- {server}: {note}{late} ({elapsed:.1f} s)"
+            )
+        else:  # the bar counts; only what went wrong or late is a line of its own
+            self.bar.update(0 if outcome == "failed" else 1)
+            self.bar.set_postfix_str(f"{source} <- {server}", refresh=True)
+            if outcome == "failed" or late:
+                self._line(f"{source} <- {server}: {note}{late}")
         self._event(
             "image",
             source=source,
@@ -68,8 +91,14 @@ class FlowView:
         self._event("note", message=message)
 
     def error(self, message: str) -> None:
+        self.close()
         self._line(f"batch: {message}")
         self._event("error", message=message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def summary(
         self,
@@ -79,6 +108,7 @@ class FlowView:
         duplicates: Sequence[str],
         report: str,
     ) -> None:
+        self.close()
         for server, count in sorted(self.by_server.items()):
             self._line(f"{server}: {count} images this run")
         for move in moves:
