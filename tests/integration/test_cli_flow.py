@@ -150,10 +150,13 @@ def test_a_server_killed_mid_run_has_its_images_moved_and_the_run_ends_zero(
     assert summary["counts"] == {"pending": 0, "leased": 0, "done": 16, "failed": 0}
 
 
-def test_a_server_that_answers_only_after_the_start_gets_work(live: Pair, tmp_path: Path) -> None:
+def test_a_server_that_answers_only_after_the_start_gets_work(pair: Pair, tmp_path: Path) -> None:
+    pair.start_again(FAST)
+    live = pair  # the slow one is down (killed by the test before, or now): not started first
+    if live[SLOW].process.poll() is None:
+        live.kill(SLOW)
     names = images(tmp_path / "late", 48)
     flow = workflow(tmp_path / "flow.json", tmp_path.name, pause=0.5)
-    live.kill(SLOW)
     running = Running(flow_command(live, flow, tmp_path / "late", tmp_path))
     running.wait_until(lambda: by_server(running, live[FAST]) >= 1)
     live.start_again(SLOW)  # booting takes a while; the fast server works meanwhile
