@@ -247,3 +247,65 @@ def test_a_server_with_long_images_holds_one_at_a_time(seconds: float | None, he
     plan, _ = scheduler(100, "a", depth=2)
     plan.server("a").seconds_per_image = seconds
     assert len(plan.assign()) == held
+
+
+def test_a_finish_or_return_of_an_attempt_never_handed_out_changes_nothing() -> None:
+    plan, _ = scheduler(2, "a", depth=1)
+    assert plan.finished(999, ok=True).outcome == "duplicate"
+    plan.returned(999)
+    assert list(plan.pending) == [0, 1] and plan.done == set()
+
+
+def test_each_accepted_image_counts_for_its_server() -> None:
+    plan, clock = scheduler(2, "a", depth=1)
+    for _ in range(2):
+        [lease] = plan.assign()
+        run_one(plan, clock, lease, 1.0)
+    assert plan.server("a").done == 2
+
+
+def test_leases_move_at_exactly_lost_after() -> None:
+    plan, clock = scheduler(2, "a", depth=1, lost_after=10)
+    [lease] = plan.assign()
+    plan.server_down("a")
+    clock.now += 10
+    assert plan.expire() == [lease]
+
+
+def test_a_server_seen_gone_twice_is_timed_from_the_first() -> None:
+    plan, clock = scheduler(2, "a", depth=1, lost_after=10)
+    [lease] = plan.assign()
+    plan.server_down("a")
+    clock.now += 6
+    plan.server_down("a")  # a failed reconnect says so again
+    clock.now += 4
+    assert plan.expire() == [lease]
+
+
+def test_every_server_gone_is_expired_in_one_pass() -> None:
+    plan, clock = scheduler(4, "a", "b", depth=1, lost_after=1)
+    leases = plan.assign()
+    plan.server_down("a")
+    plan.server_down("b")
+    clock.now += 2
+    assert sorted(lease.attempt for lease in plan.expire()) == sorted(l.attempt for l in leases)
+
+
+def test_the_images_of_a_server_gone_keep_their_order_at_the_front() -> None:
+    plan, clock = scheduler(6, "a", depth=3, lost_after=1)
+    assert [lease.image for lease in plan.assign()] == [0, 1, 2]
+    plan.server_down("a")
+    clock.now += 2
+    plan.expire()
+    assert list(plan.pending) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_second_start_event_keeps_the_first_start_time() -> None:
+    plan, clock = scheduler(2, "a", depth=1)
+    [lease] = plan.assign()
+    plan.started(lease.attempt)
+    clock.now += 1
+    plan.started(lease.attempt)
+    clock.now += 1
+    plan.finished(lease.attempt, ok=True)
+    assert plan.server("a").seconds_per_image == 2.0

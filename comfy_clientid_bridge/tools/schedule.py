@@ -125,8 +125,9 @@ class Scheduler:
 
     def server_down(self, name: str) -> None:
         server = self.server(name)
-        if server.up or server.down_since is None:
-            server.up, server.down_since = False, self.clock()
+        server.up = False
+        if server.down_since is None:  # gone since the first time it was seen gone
+            server.down_since = self.clock()
 
     def live(self) -> list[Server]:
         return [s for s in self.servers.values() if s.up and not s.stalled]
@@ -219,7 +220,7 @@ class Scheduler:
             if not was_active:  # a revoked attempt failing changes nothing
                 return Verdict("duplicate")
             self.failed.add(lease.image)
-            return Verdict("failed", self._others(lease))
+            return Verdict("failed")
         self._learn(server, lease)
         self.done.add(lease.image)
         server.done += 1
