@@ -326,6 +326,8 @@ async def test_a_restarted_runner_asks_what_became_of_the_prompts_it_had(
     assert Counter(ran) == Counter(names) - Counter(["img00.png"])  # img00: from history
     lines = {line["source"]: line for line in report(tmp_path)}
     assert lines["img00.png"]["outputs"] == ["x"]
+    assert lines["img00.png"]["note"] == "saved (found in the server's history)"
+    assert lines["img02.png"]["note"] == "saved"  # heard over the websocket
     assert all(line["status"] == "done" for line in lines.values())
 
 

@@ -45,6 +45,8 @@ GIVE_UP = 120.0
 # Between connection attempts, then 2 s each: a server back (or late) gets work soon, and a
 # refused connection costs next to nothing.
 RETRY_SECONDS = (0.5, 1.0, 2.0)
+# How an image finished while nobody listened (runner killed, connection lost) is noted.
+HISTORY_NOTE = "found in the server's history"
 # The longest a finished image waits in memory before its ledger row is committed.
 FLUSH_SECONDS = 0.05
 
@@ -381,7 +383,8 @@ class Runner:
         if ok and state == "done":  # the loader found the file unreadable or gone
             ok, note = False, "unreadable or missing (see the server's report)"
         elif ok:
-            note = "done before on this server" if state == "complete" else "saved"
+            found = f" ({note})" if note else ""
+            note = ("done before on this server" if state == "complete" else "saved") + found
         image = self._image_of(attempt)
         verdict = self.plan.finished(attempt, ok=ok)
         self.wake.set()
@@ -432,7 +435,8 @@ class Runner:
                     endpoint.loader_state[lease.attempt] = str(state[0])
                 status = history.get("status") or {}
                 ok = status.get("status_str") == "success"
-                await self._finish(endpoint, lease.attempt, ok=ok, note="")
+                # Said, so that a rerun's lines tell what it ran from what it only learnt.
+                await self._finish(endpoint, lease.attempt, ok=ok, note=HISTORY_NOTE)
             elif lease.attempt in self.plan.active:
                 self._forget(endpoint, lease.attempt)
                 self.plan.returned(lease.attempt)
