@@ -21,6 +21,7 @@ from .batch.control import (
     stop_batch,
 )
 from .batch.engine import batch_engine
+from .batch.folder_check import FOLDER_PATH, folder_readable
 from .batch.uploads import UPLOADS_PATH, remove_uploads
 from .routing.answer_first import ANSWER_FIRST_SWITCH, HeldWakes
 from .routing.broadcasts import (
@@ -104,6 +105,7 @@ def _install_batch(server: Any) -> None:
     server.routes.get(BATCH_PATH)(batch_status)
     server.routes.post(BATCH_PATH + "/stop")(stop_batch)
     server.routes.delete(UPLOADS_PATH)(remove_uploads)
+    server.routes.get(FOLDER_PATH)(folder_readable)
     server.app.middlewares.append(batch_cancel_middleware(control=control))
 
 

@@ -26,6 +26,7 @@ ROUTES = [
     register.BATCH_PATH,
     register.BATCH_PATH + "/stop",
     register.UPLOADS_PATH,
+    register.FOLDER_PATH,
 ]
 
 
