@@ -1,5 +1,5 @@
 """A ComfyUI as the flowing runner sees it: /object_info, /ws, /prompt, /queue, /history,
-/upload/image, /view, /interrupt and our uploads route. It "runs" one prompt at a time,
+/upload/image, /view, /interrupt and our uploads and folder routes. It "runs" one prompt at a time,
 `hold` seconds each (0: at once, for the coordinator's own speed in bench/)."""
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ class FakeFlowComfy:
     running: str | None = None
     paused: asyncio.Event = field(default_factory=asyncio.Event)  # set: the worker waits
     gone: bool = False  # answers nothing but 503 (a dead machine behind a proxy)
+    reads_folder: bool | None = True  # its answer to the folder route; None: no such route
+    asked: list[dict[str, str]] = field(default_factory=list)  # the folder route's queries
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -43,6 +45,7 @@ class FakeFlowComfy:
         app.router.add_post("/upload/image", self._upload)
         app.router.add_get("/view", self._view)
         app.router.add_delete("/api/clientid_bridge/uploads/{key}", self._delete)
+        app.router.add_get("/api/clientid_bridge/folder", self._folder)
         app.on_startup.append(self._start_worker)
         app.on_cleanup.append(self._stop_worker)
         return app
@@ -164,6 +167,12 @@ class FakeFlowComfy:
     async def _view(self, request: web.Request) -> web.Response:
         name = f"{request.query['subfolder']}/{request.query['filename']}"
         return web.Response(body=f"png of {name}".encode())
+
+    async def _folder(self, request: web.Request) -> web.Response:
+        self.asked.append(dict(request.query))
+        if self.reads_folder is None:
+            raise web.HTTPNotFound()
+        return web.json_response({"readable": self.reads_folder, "why": "missing here"})
 
     async def _delete(self, request: web.Request) -> web.Response:
         self.deleted.append(request.match_info["key"])

@@ -27,6 +27,7 @@ from comfy_clientid_bridge.tools.flow import (
     FlowError,
     Settings,
     batch_key,
+    folder_verdict,
     local_path,
     one_image_graph,
     output_images,
@@ -347,6 +348,68 @@ async def test_uploads_and_downloads_mirror_the_folder(two: Fakes, tmp_path: Pat
     assert (local / "deep/er/img00_out.png").read_bytes() == b"png of out/deep/er/img00_out.png"
     used = [fake for fake in two.fakes if fake.uploads]
     assert all(fake.deleted == [key] for fake in used)
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "expected"),
+    [
+        (200, {"readable": True, "why": ""}, (True, "")),
+        (
+            200,
+            {"readable": False, "why": "not allowed on this server"},
+            (False, "not allowed on this server"),
+        ),
+        (200, {"readable": "yes"}, (False, "not readable there")),
+        (200, None, (False, "its folder check answered 200")),
+        (404, None, (False, "it cannot say (an older comfy-clientid-bridge)")),
+        (500, {"readable": True}, (False, "its folder check answered 500")),
+    ],
+    ids=["reads", "not-allowed", "not-a-true", "not-json", "no-route", "server-error"],
+)
+def test_only_a_server_that_says_it_reads_the_folder_goes_without_uploads(
+    status: int, answer: Any, expected: tuple[bool, str]
+) -> None:
+    assert folder_verdict(status, answer) == expected
+
+
+@pytest.mark.parametrize(
+    ("reads", "force", "uploaded"),
+    [
+        ((True, True), False, ()),
+        ((True, False), False, (1,)),
+        ((True, None), False, (1,)),
+        ((False, False), False, (0, 1)),
+        ((True, True), True, (0, 1)),
+    ],
+    ids=["both-read", "one-cannot", "one-without-the-route", "neither", "forced"],
+)
+async def test_images_are_uploaded_to_exactly_the_servers_that_cannot_read_the_folder(
+    two: Fakes,
+    tmp_path: Path,
+    reads: tuple[bool | None, bool | None],
+    force: bool,
+    uploaded: tuple[int, ...],
+) -> None:
+    names = pngs(tmp_path / "in", 8)
+    for fake, answer in zip(two.fakes, reads, strict=True):
+        fake.reads_folder = answer
+    out = io.StringIO()
+    assert await flow(two.urls, tmp_path / "in", tmp_path, upload=force, out=out) == EXIT_OK
+    key = batch_key(example(), "1", tmp_path / "in")
+    for number, fake in enumerate(two.fakes):
+        folders = {graph["1"]["inputs"]["folder"] for _, graph, _ in fake.queued}
+        there = f"clientid_bridge_uploads/{key}" if number in uploaded else str(tmp_path / "in")
+        assert folders == {there}, number
+        assert bool(fake.uploads) is (number in uploaded)
+        assert fake.asked == ([] if force else [{"path": str(tmp_path / "in"), "file": names[0]}])
+    hosts = [url.split("://", 1)[1] for url in two.urls]
+    text = out.getvalue()
+    if uploaded:
+        assert f"images uploaded to: {', '.join(hosts[n] for n in uploaded)}" in text
+    else:
+        assert "images uploaded to" not in text and "does not read" not in text
+    for number in uploaded if not force else ():
+        assert f"{hosts[number]}: does not read {tmp_path / 'in'}" in text
 
 
 async def test_credentials_go_to_their_server_and_nowhere_else(two: Fakes, tmp_path: Path) -> None:

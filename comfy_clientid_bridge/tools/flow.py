@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from ..batch.engine import CURSOR_INPUT, ONE_FILE_INPUT, Source
+from ..batch.folder_check import FOLDER_PATH
 from ..batch.listing import parse_patterns
 from ..batch.naming import atomic_write_bytes, check_safe_relpath
 from ..batch.uploads import UPLOAD_ROOT, UPLOADS_PATH
@@ -78,6 +79,8 @@ class Endpoint:
     headers: Mapping[str, str]
     client_id: str
     folder: str  # the loader's folder there: the shared one, or the batch's uploads
+    upload: bool | None = None  # whether it gets uploads; None: not asked yet
+    checked: bool = False  # checked by the preflight: its first connection skips the checks
     ready: bool = False  # connected and checked
     broken: str | None = None  # why it can never take work (its nodes are missing)
     attempts: dict[str, int] = field(default_factory=dict)  # prompt id -> attempt
@@ -153,7 +156,9 @@ class Runner:
         settings: Settings,
         view: FlowView,
         clock: Any = time.monotonic,
+        probe: str = "",
     ) -> None:
+        self.probe = probe  # one image of the listing: asked about with the folder
         self.session, self.ledger, self.template, self.loader = session, ledger, template, loader
         self.folder, self.key, self.settings, self.view, self.clock = (
             folder,
@@ -209,7 +214,7 @@ class Runner:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        if status != EXIT_INTERRUPTED and self.settings.upload:
+        if status != EXIT_INTERRUPTED:
             await self._remove_uploads()
         return status
 
@@ -313,7 +318,10 @@ class Runner:
             failures += 1
 
     async def _connected(self, endpoint: Endpoint) -> None:
-        missing = await missing_nodes(self.session, endpoint, self.template)
+        # The preflight's check stands for the first connection (it was made a moment ago);
+        # a connection after a gap is checked again (the server may have restarted).
+        missing = [] if endpoint.checked else await self._check(endpoint)
+        endpoint.checked = False
         if missing:
             endpoint.broken = f"the workflow's nodes are missing there: {', '.join(missing)}"
             self.view.server(endpoint.name, "refused", endpoint.broken)
@@ -323,6 +331,13 @@ class Runner:
         self.plan.server_up(endpoint.url)
         self.view.server(endpoint.name, "up")
         self.wake.set()
+
+    async def _check(self, endpoint: Endpoint) -> list[str]:
+        missing, _ = await asyncio.gather(
+            missing_nodes(self.session, endpoint, self.template),
+            decide_upload(self.session, endpoint, self.folder, self.probe, self.key, self.view),
+        )
+        return missing
 
     async def _listen(self, endpoint: Endpoint, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
         async for message in ws:
@@ -418,6 +433,9 @@ class Runner:
         """After a gap (a reconnect, a restarted runner): what became of the prompts this
         server had. Finished ones count (late or not), queued ones are kept, unknown ones
         (the server restarted) go back in line."""
+        leases = [*self.plan.active.values(), *self.plan.revoked.values()]
+        if not endpoint.leftovers and not any(lease.server == endpoint.url for lease in leases):
+            return  # nothing to ask about (every server's first connection in a fresh run)
         queued = await self._queued_ids(endpoint)
         for image, attempt, prompt_id in endpoint.leftovers:
             lease = self.plan.adopt(image, endpoint.url, attempt, prompt_id)
@@ -474,7 +492,7 @@ class Runner:
     async def _post(self, endpoint: Endpoint, lease: Lease) -> None:
         source = self.ledger.source(lease.image)
         try:
-            if self.settings.upload:
+            if endpoint.upload:
                 await self._upload(endpoint, source)
             graph = one_image_graph(self.template, self.loader, endpoint.folder, source)
             body = {"prompt": graph, "client_id": endpoint.client_id, "prompt_id": lease.prompt_id}
@@ -616,17 +634,60 @@ async def missing_nodes(
     """The workflow's node classes the server does not have (GET /object_info/<class>
     answers {} for one it lacks: server.py get_object_info_node, v0.3.64 and 0.8.0)."""
     needed = sorted({str(n["class_type"]) for n in graph.values() if isinstance(n, dict)})
-    missing = []
-    for name in needed:
+
+    async def lacks(name: str) -> bool:
         url = f"{endpoint.url}/object_info/{name}"
         async with session.get(url, headers=endpoint.headers) as reply:
             if reply.status != 200:
                 raise aiohttp.ClientResponseError(
                     reply.request_info, (), status=reply.status, message="not ComfyUI?"
                 )
-            if name not in await reply.json():
-                missing.append(name)
-    return missing
+            return name not in await reply.json()
+
+    # All at once: one round trip, not one per class (the start of a short run counts).
+    answers = await asyncio.gather(*(lacks(name) for name in needed))
+    return [name for name, lacking in zip(needed, answers, strict=True) if lacking]
+
+
+def folder_verdict(status: int, answer: Any) -> tuple[bool, str]:
+    """(whether the server reads the folder, why not) from its answer to our folder route;
+    a server without the route (404: an older comfy-clientid-bridge) cannot say, so it
+    gets uploads."""
+    if status == 404:
+        return False, "it cannot say (an older comfy-clientid-bridge)"
+    if status != 200 or not isinstance(answer, dict):
+        return False, f"its folder check answered {status}"
+    if answer.get("readable") is True:
+        return True, ""
+    return False, str(answer.get("why") or "not readable there")
+
+
+async def decide_upload(
+    session: aiohttp.ClientSession,
+    endpoint: Endpoint,
+    folder: Path,
+    probe: str,
+    key: str,
+    view: FlowView,
+) -> None:
+    """Asks the server once whether it reads the folder (and `probe`, one of its images);
+    one that cannot gets each image uploaded (README: No shared folder)."""
+    if endpoint.upload is not None:
+        return
+    params = {"path": str(folder.resolve()), "file": probe}
+    url = f"{endpoint.url}/api{FOLDER_PATH}"
+    async with session.get(url, params=params, headers=endpoint.headers) as reply:
+        if reply.status in (401, 403):
+            raise aiohttp.ClientResponseError(reply.request_info, (), status=reply.status)
+        try:
+            answer = await reply.json(content_type=None) if reply.status == 200 else None
+        except ValueError:  # not our route's JSON (a proxy's page): it cannot say either
+            answer = None
+    reads, why = folder_verdict(reply.status, answer)
+    endpoint.upload = not reads
+    if not reads:
+        endpoint.folder = f"{UPLOAD_ROOT}/{key}"
+        view.note(f"{endpoint.name}: does not read {folder} ({why}); its images are uploaded")
 
 
 def listing(inputs: Mapping[str, Any], folder: Path) -> list[str]:
@@ -673,12 +734,17 @@ async def run_flow(
             ledger.put(f"client_id {url}", client_id)
             there = f"{UPLOAD_ROOT}/{key}" if settings.upload else str(folder.resolve())
             name = url.split("://", 1)[-1]
-            endpoints.append(Endpoint(url, name, dict(headers.get(url, {})), client_id, there))
+            endpoint = Endpoint(url, name, dict(headers.get(url, {})), client_id, there)
+            endpoint.upload = True if settings.upload else None  # None: asked at the check
+            endpoints.append(endpoint)
+        probe = images[0] if images else ""
         async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session:
-            await preflight(session, endpoints, graph, view)
+            await preflight(session, endpoints, graph, view, folder=folder, probe=probe, key=key)
             counts = ledger.counts()
             view.started(len(images), counts["done"], [e.name for e in endpoints], str(ledger.path))
-            runner = Runner(session, ledger, endpoints, graph, loader, folder, key, settings, view)
+            runner = Runner(
+                session, ledger, endpoints, graph, loader, folder, key, settings, view, probe=probe
+            )
             status = await runner.run()
             report = runner.write_report()
             counts = ledger.counts()
@@ -688,7 +754,8 @@ async def run_flow(
                 f"{ledger.source(m.image)}: {host(m.source)} -> {host(m.to or '?')} ({m.reason})"
                 for m in runner.plan.moves
             ]
-            view.summary(status, counts, moves, runner.duplicates, str(report))
+            uploads = [e.name for e in endpoints if e.upload]
+            view.summary(status, counts, moves, runner.duplicates, str(report), uploads)
             return status
     finally:
         ledger.close()
@@ -703,12 +770,25 @@ async def preflight(
     endpoints: Sequence[Endpoint],
     graph: Mapping[str, Any],
     view: FlowView,
+    *,
+    folder: Path,
+    probe: str,
+    key: str,
 ) -> None:
     """Nothing is queued anywhere when a server lacks the workflow's nodes, or when no
-    server answers; a server that does not answer yet is named and joins when it does."""
+    server answers; a server that does not answer yet is named and joins when it does.
+    Each server answering is also asked whether it reads the folder."""
+
+    async def check(endpoint: Endpoint) -> list[str]:
+        missing, _ = await asyncio.gather(
+            missing_nodes(session, endpoint, graph),
+            decide_upload(session, endpoint, folder, probe, key, view),
+        )
+        endpoint.checked = not missing
+        return missing
+
     answers = await asyncio.gather(
-        *(missing_nodes(session, endpoint, graph) for endpoint in endpoints),
-        return_exceptions=True,
+        *(check(endpoint) for endpoint in endpoints), return_exceptions=True
     )
     problems, answering = [], 0
     for endpoint, answer in zip(endpoints, answers, strict=True):

@@ -107,6 +107,7 @@ class FlowView:
         moves: Sequence[str],
         duplicates: Sequence[str],
         report: str,
+        uploads: Sequence[str] = (),
     ) -> None:
         self.close()
         for server, count in sorted(self.by_server.items()):
@@ -115,6 +116,8 @@ class FlowView:
             self._line(f"moved: {move}")
         for duplicate in duplicates:
             self._line(f"discarded: {duplicate}")
+        if uploads:
+            self._line(f"images uploaded to: {', '.join(uploads)}")
         self._line(f"report: {report}")
         left = counts["pending"] + counts["leased"]
         tail = f", {counts['failed']} failed" if counts["failed"] else ""
@@ -128,5 +131,6 @@ class FlowView:
             servers=dict(self.by_server),
             moves=list(moves),
             discarded=list(duplicates),
+            uploads=list(uploads),
             report=report,
         )
