@@ -21,8 +21,9 @@ from .batch.control import (
     stop_batch,
 )
 from .batch.engine import batch_engine
-from .batch.folder_check import FOLDER_PATH, folder_readable
-from .batch.uploads import UPLOADS_PATH, remove_uploads
+from .batch.folder_check import folder_readable
+from .batch.runner_routes import FOLDER_PATH, UPLOADS_PATH
+from .batch.uploads import remove_uploads
 from .routing.answer_first import ANSWER_FIRST_SWITCH, HeldWakes
 from .routing.broadcasts import (
     BroadcastRouter,

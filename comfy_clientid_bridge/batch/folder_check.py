@@ -16,7 +16,6 @@ from aiohttp import web
 from .folders import FolderPolicy, allowed, current_policy
 from .naming import check_safe_relpath
 
-FOLDER_PATH = "/clientid_bridge/folder"
 NOT_ALLOWED = "not allowed on this server"
 UNREADABLE = "missing or unreadable here"
 

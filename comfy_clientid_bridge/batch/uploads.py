@@ -12,10 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .. import internals
+from .runner_routes import UPLOAD_ROOT
 
-# Inside ComfyUI's input folder; the runner uploads into UPLOAD_ROOT/<batch key>/.
-UPLOAD_ROOT = "clientid_bridge_uploads"
-UPLOADS_PATH = "/clientid_bridge/uploads/{key}"
 # A batch key is 16 hex digits (tools/flow.py batch_key): nothing else can be named.
 _KEY = re.compile(r"[0-9a-f]{16}")
 

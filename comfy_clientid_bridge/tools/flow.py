@@ -25,10 +25,9 @@ from typing import Any
 import aiohttp
 
 from ..batch.engine import CURSOR_INPUT, ONE_FILE_INPUT, Source
-from ..batch.folder_check import FOLDER_PATH
 from ..batch.listing import parse_patterns
 from ..batch.naming import atomic_write_bytes, check_safe_relpath
-from ..batch.uploads import UPLOAD_ROOT, UPLOADS_PATH
+from ..batch.runner_routes import FOLDER_PATH, UPLOAD_ROOT, UPLOADS_PATH
 from .flow_view import FlowView
 from .ledger import Ledger, write_report_file
 from .schedule import DEPTH, LOST_AFTER, STALL_FLOOR, Lease, Scheduler

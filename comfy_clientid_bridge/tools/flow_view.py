@@ -7,9 +7,10 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:  # imported when a bar is drawn: a pipe's run starts without it
+    from tqdm import tqdm
 
 
 class FlowView:
@@ -44,6 +45,8 @@ class FlowView:
         self._line(f"{total} images{before}; servers: {', '.join(servers)}; ledger: {ledger}")
         self._event("start", total=total, done_before=done_before, servers=list(servers))
         if self.out.isatty():
+            from tqdm import tqdm
+
             self.bar = tqdm(
                 total=total,
                 initial=done_before,
