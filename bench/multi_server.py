@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
@@ -57,6 +58,10 @@ RESTART_HOLDS = (1.0, 1.0, 8.0)  # long enough that a restarted server is back m
 IMAGES, CALIBRATION = 60, 8
 # Which parts run (CIB_BENCH_PARTS=scaled,restart for some): all by default.
 PARTS = set(os.environ.get("CIB_BENCH_PARTS", "base,failures,scaled,restart").split(","))
+# A git revision whose runner runs too, as "before", beside this tree's (same servers, same
+# load): CIB_BENCH_BEFORE=main, say. Its package is exported to a temporary folder.
+BEFORE = os.environ.get("CIB_BENCH_BEFORE", "")
+ROUNDS = int(os.environ.get("CIB_BENCH_ROUNDS", "3"))
 
 
 class Servers:
@@ -116,7 +121,16 @@ def workflow(path: Path, subfolder: str) -> Path:
 
 
 class Run:
-    def __init__(self, work: Path, tag: str, servers: list[str], folder: Path, *extra: str):
+    def __init__(
+        self,
+        work: Path,
+        tag: str,
+        servers: list[str],
+        folder: Path,
+        *extra: str,
+        cwd: Path = REPO,
+    ):
+        self.cwd = cwd
         flow = workflow(work / f"{tag}.json", tag)
         self.args = [sys.executable, "-m", "comfy_clientid_bridge", "batch", "--json"]
         self.args += ["--workflow", str(flow), "--folder", str(folder)]
@@ -128,7 +142,7 @@ class Run:
     def start(self) -> subprocess.Popen[str]:
         self.began = time.monotonic()
         return subprocess.Popen(
-            self.args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.args, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
     def wait(self, process: subprocess.Popen[str]) -> tuple[int, float, list[dict[str, Any]]]:
@@ -150,16 +164,28 @@ class Run:
             self.early.append(line)
 
 
+def settle(urls: list[str]) -> None:
+    """Until every server's queue is empty: a static run's last Batch Next may still be
+    running when its runner exits, and would hold back the next run measured."""
+    for url in urls:
+        for _ in range(100):
+            with urllib.request.urlopen(f"{url}/queue", timeout=10) as reply:
+                queue = json.load(reply)
+            if not queue["queue_running"] and not queue["queue_pending"]:
+                break
+            time.sleep(0.05)
+
+
 def run_once(work: Path, tag: str, servers: list[str], folder: Path, *extra: str) -> float:
     return timed(work, tag, servers, folder, *extra)[0]
 
 
 def timed(
-    work: Path, tag: str, servers: list[str], folder: Path, *extra: str
+    work: Path, tag: str, servers: list[str], folder: Path, *extra: str, cwd: Path = REPO
 ) -> tuple[float, float | None]:
     """(seconds from the command's start to its exit, seconds from the runner's start line
     to its last image: the flowing runner only)."""
-    run = Run(work, tag, servers, folder, *extra)
+    run = Run(work, tag, servers, folder, *extra, cwd=cwd)
     status, took, events = run.wait(run.start())
     assert status == 0, f"{tag}: exit {status}"
     finished = [e["elapsed"] for e in events if e["event"] == "image" and "elapsed" in e]
@@ -184,21 +210,27 @@ def compare(
 ) -> None:
     urls = [comfy.url for comfy in servers.comfies]
     ideal = IMAGES / sum(rates)
-    results: dict[str, list[float]] = {"static": [], "flow": []}
+    modes = ["static", "flow", *(["before"] if BEFORE else [])]
+    results: dict[str, list[float]] = {mode: [] for mode in modes}
+    inside: dict[str, list[float]] = {mode: [] for mode in modes}
     for number in range(rounds):
-        for mode in ("static", "flow"):
+        for mode in modes:
             tag = f"{name}{mode}{number}"
             cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
             extra = ("--static",) if mode == "static" else ()
-            took, in_run = timed(work, tag, urls, folder / "sixty", *extra)
+            cwd = work / "before" if mode == "before" else REPO
+            settle(urls)
+            took, in_run = timed(work, tag, urls, folder / "sixty", *extra, cwd=cwd)
             assert servers.saved(tag) == Counter(f"img{n:03}.png" for n in range(IMAGES)), tag
             results[mode].append(took)
+            if in_run is not None:
+                inside[mode].append(in_run)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             runner_cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
-            inside = "" if in_run is None else f"; start line to last image {in_run / ideal:.2f}"
+            line = "" if in_run is None else f"; start line to last image {in_run / ideal:.2f}"
             print(
                 f"  {tag:14} makespan {took:6.2f} s  / ideal {took / ideal:5.2f}  "
-                f"(runner CPU {runner_cpu:.2f} s; load {os.getloadavg()[0]:.1f}{inside})"
+                f"(runner CPU {runner_cpu:.2f} s; load {os.getloadavg()[0]:.1f}{line})"
             )
     holds = ", ".join(f"{hold * 1000:.0f}" for hold in servers.holds)
     print(
@@ -206,7 +238,10 @@ def compare(
         f"(rates alone {', '.join(f'{r:.2f}' for r in rates)} img/s)"
     )
     for mode, times in results.items():
-        print(f"  {mode:7} median makespan / ideal: {statistics.median(times) / ideal:.2f}")
+        own = ""
+        if inside[mode]:
+            own = f" (start line to last image {statistics.median(inside[mode]) / ideal:.2f})"
+        print(f"  {mode:7} median makespan / ideal: {statistics.median(times) / ideal:.2f}{own}")
 
 
 def killed(work: Path, servers: Servers, folder: Path, *, restart: bool) -> None:
@@ -324,12 +359,24 @@ def main() -> None:
         make_images(folder / "sixty", IMAGES)
         make_images(folder / "calibration", CALIBRATION)
         make_images(folder / "warm", 2)
+        if BEFORE:  # the other revision's package, run from its own folder
+            (work / "before").mkdir()
+            archive = subprocess.run(
+                ["git", "archive", BEFORE, "comfy_clientid_bridge"],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(work / "before")], input=archive, check=True)
+            # Compiled now, as this tree's is: its first run would pay for that.
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(work / "before")])
+            print(f"before: the runner of {BEFORE}")
         if {"base", "failures"} & PARTS:
             servers = Servers(work / "servers", HOLDS)
             try:
                 if "base" in PARTS:
                     rates = calibrate(work, servers, folder, "base")
-                    compare(work, servers, folder, rates, 3, "base")
+                    compare(work, servers, folder, rates, ROUNDS, "base")
                 if "failures" in PARTS:
                     killed(work, servers, folder, restart=False)
                     servers.restart(0)
