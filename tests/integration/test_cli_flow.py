@@ -214,3 +214,40 @@ def test_a_folder_only_the_runner_reads_is_uploaded_and_outputs_downloaded(
         folders = {entry["prompt"][2]["1"]["inputs"]["folder"] for entry in history.values()}
         assert not any(str(folder) in used for used in folders)
     assert len(list(local.rglob("*.png"))) == 6
+
+
+def test_a_server_that_does_not_read_the_folder_is_asked_and_gets_uploads(
+    live: Pair, tmp_path: Path
+) -> None:
+    """The slow server allows only its own folders and one elsewhere (a roots file, read at
+    each request): asked, it says it cannot read ours, so it alone gets uploads."""
+    roots = live[SLOW].root / "user" / "clientid_bridge" / "roots.txt"
+    roots.parent.mkdir(parents=True, exist_ok=True)
+    roots.write_text(f"{tmp_path / 'elsewhere'}\n")
+    try:
+        folder = tmp_path / "shared"
+        names = images(folder, 16)
+        flow = workflow(tmp_path / "flow.json", tmp_path.name, hold=True)
+        status, running = run(flow_command(live, flow, folder, tmp_path))
+    finally:
+        roots.unlink()
+    assert status == 0, running.text()
+    assert saved(live, tmp_path.name) == Counter(names)
+    slow = live[SLOW].url.removeprefix("http://")
+    notes = [e["message"] for e in running.events() if e["event"] == "note"]
+    assert notes == [
+        f"{slow}: does not read {folder} (not allowed on this server); its images are uploaded"
+    ]
+    assert running.events()[-1]["uploads"] == [slow]
+    used = {}
+    for comfy in live.comfies:
+        history = get_json(f"{comfy.url}/history?max_items=50")
+        used[comfy.url] = {
+            entry["prompt"][2]["1"]["inputs"]["folder"]
+            for entry in history.values()
+            if entry["prompt"][2].get("2", {}).get("inputs", {}).get("subfolder") == tmp_path.name
+        }
+    assert used[live[FAST].url] == {str(folder)}
+    assert used[live[SLOW].url]  # it took work (the fast one's share is no proof)
+    assert all(name.startswith("clientid_bridge_uploads/") for name in used[live[SLOW].url])
+    assert not (live[SLOW].root / "input" / "clientid_bridge_uploads").exists()
