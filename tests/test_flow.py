@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, unused_port
 from fake_flow_comfy import FakeFlowComfy
 
 from comfy_clientid_bridge.__main__ import parser
@@ -410,6 +410,31 @@ async def test_images_are_uploaded_to_exactly_the_servers_that_cannot_read_the_f
         assert "images uploaded to" not in text and "does not read" not in text
     for number in uploaded if not force else ():
         assert f"{hosts[number]}: does not read {tmp_path / 'in'}" in text
+
+
+async def test_a_server_answering_only_later_is_asked_when_it_does(tmp_path: Path) -> None:
+    pngs(tmp_path / "in", 10)
+    first, late = FakeFlowComfy(hold=0.1), FakeFlowComfy(hold=0.01, reads_folder=False)
+    port = unused_port()
+    servers = [TestServer(first.app()), TestServer(late.app(), port=port)]
+    await servers[0].start_server()
+    asyncio.get_running_loop().call_later(0.2, asyncio.ensure_future, servers[1].start_server())
+    urls = [str(servers[0].make_url("")).rstrip("/"), f"http://127.0.0.1:{port}"]
+    out = io.StringIO()
+    try:
+        assert await flow(urls, tmp_path / "in", tmp_path, out=out) == EXIT_OK
+    finally:
+        for server in servers:
+            await server.close()
+    key = batch_key(example(), "1", tmp_path / "in")
+    assert len(late.asked) == 1 and late.queued  # asked once, when it answered; it took work
+    assert {graph["1"]["inputs"]["folder"] for _, graph, _ in late.queued} == {
+        f"clientid_bridge_uploads/{key}"
+    }
+    assert {graph["1"]["inputs"]["folder"] for _, graph, _ in first.queued} == {
+        str(tmp_path / "in")
+    }
+    assert f"images uploaded to: {urls[1].split('://', 1)[1]}" in out.getvalue()
 
 
 async def test_credentials_go_to_their_server_and_nowhere_else(two: Fakes, tmp_path: Path) -> None:

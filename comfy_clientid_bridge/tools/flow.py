@@ -307,7 +307,7 @@ class Runner:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
                 if endpoint.ready:
                     logger.info("%s: %s", endpoint.name, error)
-            endpoint.ws = None
+            endpoint.ws, endpoint.checked = None, False  # the next connection checks again
             if endpoint.ready:
                 endpoint.ready = False
                 self.plan.server_down(endpoint.url)
