@@ -32,6 +32,7 @@ class FakeFlowComfy:
     gone: bool = False  # answers nothing but 503 (a dead machine behind a proxy)
     reads_folder: bool | None = True  # its answer to the folder route; None: no such route
     asked: list[dict[str, str]] = field(default_factory=list)  # the folder route's queries
+    requests: list[str] = field(default_factory=list)  # "GET /path" of each request
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._auth])
@@ -54,6 +55,7 @@ class FakeFlowComfy:
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if self.gone:
             return web.json_response({"error": "gone"}, status=503)
+        self.requests.append(f"{request.method} {request.path}")
         given = request.headers.get("Authorization", "")
         self.authorizations.append(given)
         if self.token is not None and given != f"Bearer {self.token}":

@@ -252,6 +252,27 @@ async def test_every_image_is_done_once_over_two_servers(two: Fakes, tmp_path: P
         assert line["source"] in two.fakes[server].sources and line["status"] == "done"
 
 
+async def test_a_fresh_run_checks_each_server_once_before_its_first_prompt(
+    two: Fakes, tmp_path: Path
+) -> None:
+    """The start of a short run counts: the nodes and the folder are asked about once (the
+    first connection takes the preflight's answers), and no queue when nothing is leased."""
+    pngs(tmp_path / "in", 4)
+    assert await flow(two.urls, tmp_path / "in", tmp_path) == EXIT_OK
+    classes = {node["class_type"] for node in example().values()}  # Batch Next too: as sent
+    for fake in two.fakes:
+        first_prompt = fake.requests.index("POST /prompt")
+        before = sorted(fake.requests[:first_prompt])
+        assert before == sorted(
+            [
+                *(f"GET /object_info/{name}" for name in classes),
+                "GET /api/clientid_bridge/folder",
+                "GET /ws",
+            ]
+        )
+        assert "GET /queue" not in fake.requests
+
+
 async def test_the_same_command_again_does_nothing_when_all_is_done(
     two: Fakes, tmp_path: Path
 ) -> None:
