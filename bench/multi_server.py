@@ -174,6 +174,7 @@ def settle(urls: list[str]) -> None:
             if not queue["queue_running"] and not queue["queue_pending"]:
                 break
             time.sleep(0.05)
+    time.sleep(0.5)  # what ComfyUI does after a prompt (its caches, gc), done for all alike
 
 
 def run_once(work: Path, tag: str, servers: list[str], folder: Path, *extra: str) -> float:
@@ -214,7 +215,10 @@ def compare(
     results: dict[str, list[float]] = {mode: [] for mode in modes}
     inside: dict[str, list[float]] = {mode: [] for mode in modes}
     for number in range(rounds):
-        for mode in modes:
+        # The flowing modes swap places each round: the one right after a static run
+        # starts on servers still finishing theirs.
+        order = modes if number % 2 == 0 else [modes[0], *reversed(modes[1:])]
+        for mode in order:
             tag = f"{name}{mode}{number}"
             cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
             extra = ("--static",) if mode == "static" else ()
