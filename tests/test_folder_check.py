@@ -28,6 +28,8 @@ def tree(tmp_path: Path) -> Path:
     (tmp_path / "private/secret/b.png").write_bytes(b"png")
     (tmp_path / "input/photos/out.png").symlink_to(tmp_path / "private/secret/b.png")
     (tmp_path / "input/file.txt").write_text("not a folder")
+    (tmp_path / "input/file.txt").chmod(0o755)  # readable and "enterable": still no folder
+    (tmp_path / "input/photos/sub.png").mkdir()  # an image's name, but a folder
     return tmp_path
 
 
@@ -47,6 +49,7 @@ CASES = [
     ("inside-file-missing", "input/photos", "zz.png", True, (False, UNREADABLE)),
     ("inside-folder-missing", "input/nothing", "a.png", True, (False, UNREADABLE)),
     ("inside-not-a-folder", "input/file.txt", "", True, (False, UNREADABLE)),
+    ("inside-file-is-a-folder", "input/photos", "sub.png", True, (False, UNREADABLE)),
     ("outside-exists", "private/secret", "b.png", True, (False, NOT_ALLOWED)),
     ("outside-missing", "private/none", "b.png", True, (False, NOT_ALLOWED)),
     ("file-symlinked-out", "input/photos", "out.png", True, (False, NOT_ALLOWED)),
@@ -75,14 +78,27 @@ def test_only_an_absolute_folder_is_answered(tree: Path, folder: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("folder", "readable"), [("input/photos", True), ("private/secret", False)], ids=str
+    ("folder", "file", "readable"),
+    [
+        ("input/photos", "a.png", True),
+        ("input/photos", "zz.png", False),
+        ("input/photos", None, True),
+        ("private/secret", "b.png", False),
+        (None, "a.png", False),
+    ],
+    ids=["readable", "its-file-missing", "no-file-asked", "outside", "no-path"],
 )
 async def test_the_route_answers_with_the_servers_current_policy(
-    tree: Path, monkeypatch: pytest.MonkeyPatch, folder: str, readable: bool
+    tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    folder: str | None,
+    file: str | None,
+    readable: bool,
 ) -> None:
     monkeypatch.setattr(folder_check, "current_policy", lambda: policy(tree, reachable=True))
-    path = str(tree / folder)
-    request = make_mocked_request("GET", f"/clientid_bridge/folder?path={path}&file=a.png")
+    query = [] if folder is None else [f"path={tree / folder}"]
+    query += [] if file is None else [f"file={file}"]
+    request = make_mocked_request("GET", "/clientid_bridge/folder?" + "&".join(query))
     reply = await folder_readable(request)
     assert reply.status == 200
     assert reply.text is not None
