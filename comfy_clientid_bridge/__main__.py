@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .tools.schedule import LOST_AFTER
+
 DEFAULT_SERVER = "http://127.0.0.1:8188"  # ComfyUI's own default address
 
 
@@ -34,27 +36,54 @@ def parser() -> argparse.ArgumentParser:
     batch = commands.add_parser(
         "batch",
         help="run a folder through a workflow on one or several running ComfyUI servers",
-        description="Queues the folder on each --server (one shard each, no image twice), "
-        "follows every shard over its own websocket, and ends with a summary per server. "
-        "Exit status: 0 all done, 1 a shard incomplete or an image failed, "
-        "2 nothing queued (a server unreachable or missing the nodes), 130 Ctrl-C.",
+        description="Queues one prompt per image on whichever --server is free, hears every "
+        "server over its own websocket, moves the images of a server that dies to the others, "
+        "and keeps the progress in a ledger: the same command again does only the rest. "
+        "Exit status: 0 every image done, 1 an image failed or is not done, "
+        "2 nothing queued (no server answers, or one lacks the nodes), 130 Ctrl-C.",
     )
     batch.add_argument(
         "--server",
         action="append",
         metavar="URL",
-        help=f"a ComfyUI's address; repeat to split the folder across servers "
-        f"(default: {DEFAULT_SERVER}); keep the same order when you rerun to resume",
+        help=f"a ComfyUI's address; repeat for several (default: {DEFAULT_SERVER})",
     )
     batch.add_argument("--workflow", type=Path, required=True, help="API-format workflow (JSON)")
     batch.add_argument(
         "--folder",
         type=Path,
         required=True,
-        help="the images to process (a path every server can read)",
+        help="the images to process (a server that cannot read it gets them uploaded)",
     )
     batch.add_argument(
         "--json", action="store_true", help="print one JSON object per event on stdout"
+    )
+    batch.add_argument(
+        "--upload",
+        action="store_true",
+        help="upload each image to every server, without asking whether it reads --folder",
+    )
+    batch.add_argument("--download", type=Path, metavar="DIR", help="fetch every output into DIR")
+    batch.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FILE",
+        help="JSON file of server -> token or user/password (default: "
+        "$COMFY_CLIENTID_BRIDGE_CREDENTIALS)",
+    )
+    batch.add_argument("--ledger", type=Path, metavar="FILE", help="the progress database")
+    batch.add_argument("--report", type=Path, metavar="FILE", help="where the report goes")
+    batch.add_argument(
+        "--lost-after",
+        type=float,
+        default=LOST_AFTER,
+        metavar="SECONDS",
+        help=f"move a disconnected server's images after this long (default {LOST_AFTER:g})",
+    )
+    batch.add_argument(
+        "--static",
+        action="store_true",
+        help="the old way: each server loops over its own shard (every n-th image)",
     )
     return root
 
@@ -73,9 +102,25 @@ def main(argv: list[str] | None = None) -> int:
             interactive=sys.stdin.isatty() and sys.stdout.isatty(),
         )
     from .tools.cli import batch as run_batch
+    from .tools.flow import Settings
 
     servers = args.server or [DEFAULT_SERVER]
-    return run_batch(servers, args.workflow, args.folder, as_json=args.json)
+    settings = Settings(
+        upload=args.upload,
+        download=args.download,
+        ledger=args.ledger,
+        report=args.report,
+        lost_after=args.lost_after,
+    )
+    return run_batch(
+        servers,
+        args.workflow,
+        args.folder,
+        as_json=args.json,
+        static=args.static,
+        settings=settings,
+        credentials=args.credentials,
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,11 @@ from .batch.control import (
     stop_batch,
 )
 from .batch.engine import batch_engine
+from .batch.folder_check import folder_readable
 from .batch.pending_views import pending_view_middleware
 from .batch.pipeline import batch_pipeline
+from .batch.runner_routes import FOLDER_PATH, UPLOADS_PATH
+from .batch.uploads import remove_uploads
 from .routing.answer_first import ANSWER_FIRST_SWITCH, HeldWakes
 from .routing.broadcasts import (
     BroadcastRouter,
@@ -137,6 +140,8 @@ def _install_batch(server: Any) -> None:
     server.app[CONTROL] = control
     server.routes.get(BATCH_PATH)(batch_status)
     server.routes.post(BATCH_PATH + "/stop")(stop_batch)
+    server.routes.delete(UPLOADS_PATH)(remove_uploads)
+    server.routes.get(FOLDER_PATH)(folder_readable)
     server.app.middlewares.append(batch_cancel_middleware(control=control))
     pipeline = batch_pipeline()
     if pipeline is not None:  # the saver names files the worker has yet to write

@@ -903,3 +903,63 @@ def test_the_shuffle_follows_the_seed_given_to_the_loader(comfy: FakeComfy, phot
     prompt[LOADER]["inputs"].update(order="shuffle", shuffle_seed=7)
     expected = engine_module.Source(photos, nodes.parse_patterns(""), True, "shuffle", 7).list()
     assert load(prompt)["result"][2] == Path(expected[0]).stem
+
+
+# --- one file per prompt: what the terminal runner queues ------------------------------
+
+
+def one_file(name: str) -> dict[str, Any]:
+    """The runner's prompt: the loader pinned to one file, no Batch Next."""
+    prompt = graph()
+    prompt[LOADER]["inputs"]["file"] = name
+    del prompt[NEXT]
+    return prompt
+
+
+def test_a_one_file_prompt_loads_only_that_file(comfy: FakeComfy, photos: Path) -> None:
+    loaded = load(one_file("img10.png"))
+    assert (loaded["result"][2], loaded["result"][4], loaded["result"][5]) == ("img10", 0, 1)
+    save(one_file("img10.png"), loaded)
+    assert sorted(p.name for p in (comfy.output / "batch").iterdir()) == ["img10.png"]
+
+
+def test_one_file_prompts_share_one_batch_and_one_report(comfy: FakeComfy, photos: Path) -> None:
+    batches = set()
+    for name in ("img1.png", "img2.png"):
+        loaded = load(one_file(name))
+        save(one_file(name), loaded)
+        batches.add(loaded["result"][6])
+    assert len(batches) == 1
+    [report] = comfy.output.glob("batch_*.jsonl")
+    # No file reported "missing" because the next prompt names another one.
+    assert [(line["source"], line["status"]) for line in read_report(report)] == [
+        ("img1.png", "saved"),
+        ("img2.png", "saved"),
+    ]
+
+
+def test_a_one_file_prompt_is_a_batch_apart_from_the_folders_loop(
+    comfy: FakeComfy, photos: Path
+) -> None:
+    assert load(one_file("img1.png"))["result"][6] != load(graph())["result"][6]
+
+
+def test_a_one_file_prompt_of_a_file_done_here_before_says_complete(
+    comfy: FakeComfy, photos: Path
+) -> None:
+    save(one_file("img2.png"), load(one_file("img2.png")))
+    assert load(one_file("img2.png"))["ui"]["state"] == ["complete"]
+
+
+def test_a_one_file_prompt_of_a_missing_file_loads_nothing(comfy: FakeComfy, photos: Path) -> None:
+    answer = load(one_file("gone.png"))
+    assert answer["ui"]["state"] == ["done"]
+    assert answer["result"][0] == "blocked"
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/passwd"], ids=["dotdot", "absolute"])
+def test_a_one_file_prompt_cannot_leave_the_folder(
+    comfy: FakeComfy, photos: Path, name: str
+) -> None:
+    with pytest.raises(ValueError, match="not allowed"):
+        load(one_file(name))

@@ -29,6 +29,8 @@ ROUTES = [
     register.STATUS_PATH,
     register.BATCH_PATH,
     register.BATCH_PATH + "/stop",
+    register.UPLOADS_PATH,
+    register.FOLDER_PATH,
 ]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import internals
 from .listing import find_images, order_images, select
+from .naming import check_safe_relpath
 from .pipeline import batch_pipeline
 from .progress import eta_seconds, format_eta, progress_text, summary_text
 from .state import (
@@ -32,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # The loader input the loop advances; -1 means "started by a person": begin or resume.
 CURSOR_INPUT = "cursor"
+# The loader input the terminal runner sets: this prompt loads only this file of the folder.
+ONE_FILE_INPUT = "file"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +50,11 @@ class Source:
     limit: int = 0
     shard_index: int = 0
     shard_count: int = 1
+    file: str = ""  # one file of the folder (relative): the runner's one-image prompts
 
     def list(self) -> list[str]:
+        if self.file:
+            return [check_safe_relpath(self.file).as_posix()]
         found = find_images(self.folder, self.patterns, self.recursive)
         ordered = order_images(found, self.order, self.folder, self.seed)
         return select(ordered, self.start_index, self.limit, self.shard_index, self.shard_count)
@@ -116,7 +122,9 @@ def workflow_key(prompt: Mapping[str, Any], loader_id: str) -> str:
         if isinstance(node, Mapping):
             inputs = dict(node.get("inputs") or {})
             if str(node_id) == str(loader_id):
+                # One batch per workflow and folder, whichever file a runner's prompt names.
                 inputs.pop(CURSOR_INPUT, None)
+                inputs.pop(ONE_FILE_INPUT, None)
             graph[str(node_id)] = {"class_type": node.get("class_type"), "inputs": inputs}
     canonical = json.dumps(graph, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -124,6 +132,10 @@ def workflow_key(prompt: Mapping[str, Any], loader_id: str) -> str:
 
 def source_batch_id(source: Source, key: str) -> str:
     selection = f"{source.start_index}:{source.limit}:{source.shard_index}/{source.shard_count}"
+    if source.file:
+        # The runner's one-image prompts share a batch (one report on the server), apart
+        # from the loop over the same folder.
+        selection = "one-file"
     return batch_id(
         str(source.folder),
         source.patterns,
@@ -180,7 +192,9 @@ class BatchEngine:
         if run is not None and run.pending_prompt_id and self.is_alive(run.pending_prompt_id):
             message = f"already running ({self.progress(batch)}); not started twice"
             return Halt(batch, message, "busy")
-        run = self._runs[batch] = self._open(batch, source.folder, source.list())
+        run = self._runs[batch] = self._open(
+            batch, source.folder, source.list(), one_file=bool(source.file)
+        )
         index = first_unfinished(run.state.files, run.done)
         if index is None:
             return Halt(batch, f"already complete: {self.summary(batch)}", "complete")
@@ -201,17 +215,17 @@ class BatchEngine:
         run.pending_prompt_id = None
         return self.claim(batch, cursor, prompt_id)
 
-    def _open(self, batch: str, folder: Path, files: list[str]) -> _Run:
+    def _open(self, batch: str, folder: Path, files: list[str], *, one_file: bool) -> _Run:
         """A run over this listing. The report is the progress: the last line per file wins,
         and a "failed" save is tried again. Files listed last time but gone now are
-        reported once as "missing"."""
+        reported once as "missing" (not for a one-file prompt: its listing is one file)."""
         previous = self.store.load(batch)
         report = ReportWriter(self.report_path(batch))
         last = last_status(read_report(report.path))
         listed = set(files)
         gone = [
             source
-            for source in (previous.files if previous else [])
+            for source in (previous.files if previous and not one_file else [])
             if source not in listed and last.get(source) not in (*FINISHED_STATUSES, "missing")
         ]
         for source in gone:

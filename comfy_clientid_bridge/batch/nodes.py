@@ -14,6 +14,7 @@ from typing import Any
 from .. import internals
 from .engine import (
     CURSOR_INPUT,
+    ONE_FILE_INPUT,
     BatchEngine,
     Halt,
     Item,
@@ -104,6 +105,12 @@ class BatchImageLoader:
                         "max": 10**9,
                         "tooltip": "set by Batch Next; leave at -1",
                     },
+                ),
+            },
+            "optional": {
+                ONE_FILE_INPUT: (
+                    "STRING",
+                    {"default": "", "tooltip": "set by the terminal runner; leave empty"},
                 ),
             },
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
@@ -217,6 +224,7 @@ def _source(
     limit: int,
     shard_index: int,
     shard_count: int,
+    file: str = "",
     **_: Any,
 ) -> Source:
     return Source(
@@ -229,6 +237,7 @@ def _source(
         limit=limit,
         shard_index=shard_index,
         shard_count=shard_count,
+        file=file.strip(),
     )
 
 

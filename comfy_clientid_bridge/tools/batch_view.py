@@ -8,9 +8,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, cast
 
-from tqdm import tqdm
+if TYPE_CHECKING:  # tqdm is imported where it is used: the flowing runner starts without it
+    from tqdm import tqdm
 
-if TYPE_CHECKING:
     from .cli import Shard
 
 UNIT = "img"
@@ -69,6 +69,8 @@ def meter(done: int, total: int | None, before: int, elapsed: float) -> str:
     images took no time now)."""
     # tqdm takes None for an unknown total (its stubs say float only).
     unknown = cast(float, total)
+    from tqdm import tqdm
+
     return tqdm.format_meter(
         done, unknown, elapsed, unit=UNIT, bar_format=PLAIN_METER, initial=before
     )
@@ -205,6 +207,8 @@ class BarsView(PlainView):
         self.bars: dict[int, tqdm[Any]] = {}
 
     def _bar(self, position: int, desc: str, bar_format: str | None = None) -> tqdm[Any]:
+        from tqdm import tqdm
+
         return tqdm(
             total=None,
             desc=desc,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import sys
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
@@ -15,6 +17,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from .batch_view import View, make_view
+from .flow import FlowError, Settings, run_flow
+from .flow_view import FlowView
+from .ledger import LedgerBusy
+from .server_credentials import CredentialsError, headers_for
 
 LOADER = "ClientIdBridge_BatchImageLoader"
 NEXT = "ClientIdBridge_BatchNext"
@@ -70,8 +76,14 @@ def server_urls(servers: Sequence[str]) -> list[str]:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise BatchError(f"--server {server!r} is not an http(s) address")
+        if "@" in parts.netloc:
+            # Never echo it: the point is that the secret shows nowhere.
+            raise BatchError(
+                "a --server address holds credentials, which `ps` shows to every user of "
+                "the machine; put them in a credentials file (--credentials)"
+            )
         if url in urls:
-            raise BatchError(f"--server {url} is given twice; each server runs one shard")
+            raise BatchError(f"--server {url} is given twice")
         urls.append(url)
     if not urls:
         raise BatchError("give at least one --server")
@@ -360,8 +372,30 @@ async def run_batch(
 
 
 def batch(
-    servers: Sequence[str], workflow_file: Path, folder: Path, *, as_json: bool = False
+    servers: Sequence[str],
+    workflow_file: Path,
+    folder: Path,
+    *,
+    as_json: bool = False,
+    static: bool = False,
+    settings: Settings | None = None,
+    credentials: Path | None = None,
 ) -> int:
+    """The folder through the workflow: flowing over the servers (one prompt per image), or
+    with `static` as the servers' own loops over one shard each."""
+    settings = settings or Settings()
+    if static and (settings.upload or settings.download is not None):
+        make_view(as_json=as_json).error("--upload and --download need the runner without --static")
+        return EXIT_NOT_STARTED
+    if not static:
+        return flowing_batch(
+            servers,
+            workflow_file,
+            folder,
+            as_json=as_json,
+            settings=settings,
+            credentials=credentials,
+        )
     view = make_view(as_json=as_json)
     try:
         workflow = json.loads(workflow_file.read_text())
@@ -371,6 +405,43 @@ def batch(
         return EXIT_NOT_STARTED
     except KeyboardInterrupt:  # before the run began: nothing was queued
         view.error("interrupted; nothing was queued")
+        return EXIT_INTERRUPTED
+    finally:
+        view.close()
+
+
+def flowing_batch(
+    servers: Sequence[str],
+    workflow_file: Path,
+    folder: Path,
+    *,
+    as_json: bool,
+    settings: Settings,
+    credentials: Path | None,
+) -> int:
+    view = FlowView(data=sys.stdout if as_json else None)
+    try:
+        urls = server_urls(servers)
+        graph, loader = prepare(json.loads(workflow_file.read_text()), folder)
+        if settings.download is not None:
+            settings = replace(settings, download=settings.download.resolve())
+        headers = headers_for(credentials, urls, normalise=lambda url: server_urls([url])[0])
+        return asyncio.run(
+            run_flow(urls, graph, loader, folder, settings, view, headers, os.environ)
+        )
+    except (
+        BatchError,
+        FlowError,
+        CredentialsError,
+        LedgerBusy,
+        OSError,
+        ValueError,
+        aiohttp.ClientError,
+    ) as error:
+        view.error(str(error))
+        return EXIT_NOT_STARTED
+    except KeyboardInterrupt:
+        view.error("interrupted before the run began")
         return EXIT_INTERRUPTED
     finally:
         view.close()

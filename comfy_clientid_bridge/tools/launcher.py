@@ -209,8 +209,10 @@ def running_comfyui(
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     comfyui: tuple[Path, Path] | None = None,
+    port: int | None = None,
 ) -> Iterator[Comfy]:
-    """ComfyUI on a free loopback port with its own folders and the given custom node packs.
+    """ComfyUI on a free loopback port (or `port`: a restart at the same address) with its
+    own folders and the given custom node packs.
 
     `comfyui`: (checkout, python); default find_comfyui(), which the test matrix points
     at each cell in turn."""
@@ -227,7 +229,7 @@ def running_comfyui(
             link.symlink_to(pack, target_is_directory=True)
     config = root / "extra_model_paths.yaml"
     config.write_text(f"tests:\n  custom_nodes: {nodes}\n")
-    port = free_port()
+    port = port or free_port()
     log = root / "comfyui.log"
     command = [
         str(python),

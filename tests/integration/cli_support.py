@@ -27,6 +27,7 @@ EXAMPLE = REPO / "examples" / "batch_folder.api.json"
 # A pack of the tests: its node sleeps, so 64x64 images give a batch slow enough to kill.
 SLOW_PACK = Path(__file__).resolve().parent / "slow_pack"
 PAUSE = "ClientIdBridgeTest_Pause"
+HOLD = "ClientIdBridgeTest_Hold"
 WAIT = 180.0  # seconds; generous: other servers share the machine's two cores
 
 
@@ -53,12 +54,16 @@ def images(folder: Path, count: int, *, corrupt: bool = False) -> list[str]:
     return names
 
 
-def workflow(path: Path, subfolder: str, *, pause: float = 0.0) -> Path:
-    """The example workflow saving into `subfolder`; with a pause node before the saver."""
+def workflow(path: Path, subfolder: str, *, pause: float = 0.0, hold: bool = False) -> Path:
+    """The example workflow saving into `subfolder`; with a pause node before the saver, or
+    a hold node (each server's own $CIB_TEST_HOLD_SECONDS)."""
     graph = json.loads(EXAMPLE.read_text())
     graph["2"]["inputs"]["subfolder"] = subfolder
     if pause:
         graph["5"] = {"class_type": PAUSE, "inputs": {"image": ["1", 0], "seconds": pause}}
+        graph["2"]["inputs"]["images"] = ["5", 0]
+    elif hold:
+        graph["5"] = {"class_type": HOLD, "inputs": {"image": ["1", 0]}}
         graph["2"]["inputs"]["images"] = ["5", 0]
     path.write_text(json.dumps(graph))
     return path
@@ -72,6 +77,13 @@ def command(
     for server in servers:
         args += ["--server", server]
     return args
+
+
+def static_command(
+    servers: list[str], flow: Path, folder: Path, *extra: str, program: list[str] | None = None
+) -> list[str]:
+    """The runner the old way: each server loops over its own shard."""
+    return command(servers, flow, folder, "--static", *extra, program=program)
 
 
 class Running:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -341,3 +342,34 @@ def test_person_logged_in_runs_the_naive_pack(auth: AuthServer, browser: Any) ->
     assert len(page.evaluate("() => window.__naive")) == IMAGES
     assert len(list(auth.comfy.output.glob(f"{prefix}_*.png"))) == IMAGES
     page.context.close()
+
+
+def test_the_flowing_runner_takes_each_servers_credentials_from_a_file(
+    auth: AuthServer, tmp_path: Path, own_subfolder: str
+) -> None:
+    """Every route the runner uses, behind the pack (upload, prompt, websocket, history,
+    view, our uploads route); the secret is in neither the command line, nor its output, nor
+    the report, nor the ledger: the file names an environment variable."""
+    folder = sample_images(tmp_path / "in", IMAGES)
+    flow = tmp_path / "flow.json"
+    flow.write_text(json.dumps(batch_graph(folder, f"runner_{auth.pack}_{own_subfolder}")))
+    secret = {"token": "env:CIB_SECRET"} if auth.pack == LOGIN else {"password": "env:CIB_SECRET"}
+    entry = secret if auth.pack == LOGIN else {"user": USER, **secret}
+    (tmp_path / "credentials.json").write_text(json.dumps({auth.comfy.url: entry}))
+    args = [sys.executable, "-m", "comfy_clientid_bridge", "batch", "--json"]
+    args += ["--workflow", str(flow), "--folder", str(folder), "--server", auth.comfy.url]
+    args += ["--ledger", str(tmp_path / "state" / "l.sqlite"), "--report", str(tmp_path / "r")]
+    args += ["--upload", "--download", str(tmp_path / "local")]
+    env = {**os.environ, "CIB_SECRET": auth.secret}
+    refused = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "refused our credentials (401)" in refused.stderr
+
+    args += ["--credentials", str(tmp_path / "credentials.json")]
+    answer = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert answer.returncode == 0, answer.stderr
+    got = sorted(path.name for path in (tmp_path / "local").glob("*.png"))
+    assert got == [f"sample{n}_out.png" for n in range(1, IMAGES + 1)]
+    for text in (" ".join(args), answer.stdout, answer.stderr, (tmp_path / "r").read_text()):
+        assert auth.secret not in text
+    for path in (tmp_path / "state").iterdir():  # the ledger, its WAL and lock files
+        assert auth.secret.encode() not in path.read_bytes(), path

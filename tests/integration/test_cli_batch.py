@@ -11,10 +11,12 @@ import pytest
 from integration.cli_support import (
     SLOW_PACK,
     Running,
-    command,
     images,
     run,
     workflow,
+)
+from integration.cli_support import (
+    static_command as command,
 )
 from integration.support import comfy_fixture
 from packaging.requirements import Requirement

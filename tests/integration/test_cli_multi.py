@@ -13,7 +13,6 @@ from integration.cli_support import (
     SLOW_PACK,
     Running,
     Servers,
-    command,
     get_json,
     images,
     outputs,
@@ -24,6 +23,9 @@ from integration.cli_support import (
     source_of,
     use_matrix_cell,
     workflow,
+)
+from integration.cli_support import (
+    static_command as command,
 )
 from integration.support import require_comfyui
 

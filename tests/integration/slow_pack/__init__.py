@@ -3,6 +3,7 @@ enough to be killed or stopped mid-way without spending CPU on big images."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -26,4 +27,24 @@ class ClientIdBridgeTest_Pause:
         return (image,)
 
 
-NODE_CLASS_MAPPINGS = {"ClientIdBridgeTest_Pause": ClientIdBridgeTest_Pause}
+class ClientIdBridgeTest_Hold:
+    """Holds each image for $CIB_TEST_HOLD_SECONDS (0 when unset): servers that differ only
+    in that variable stand in for fast and slow GPUs running the same workflow."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "hold"
+    CATEGORY = "clientid_bridge/tests"
+
+    def hold(self, image: Any) -> tuple[Any]:
+        time.sleep(float(os.environ.get("CIB_TEST_HOLD_SECONDS", "0")))
+        return (image,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "ClientIdBridgeTest_Pause": ClientIdBridgeTest_Pause,
+    "ClientIdBridgeTest_Hold": ClientIdBridgeTest_Hold,
+}
