@@ -374,3 +374,22 @@ def test_batch_helpers_import_without_torch_or_comfyui() -> None:
         [sys.executable, "-c", check], cwd=root, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["comfy_clientid_bridge.__main__", "comfy_clientid_bridge.tools.flow"],
+    ids=["command", "flowing-runner"],
+)
+def test_the_terminal_runner_imports_without_numpy_pillow_or_torch(module: str) -> None:
+    """It is installed with aiohttp and tqdm only (pyproject's dependencies)."""
+    check = (
+        f"import sys, {module}; "
+        "loaded = sorted({'numpy', 'PIL', 'torch', 'server'} & set(sys.modules)); "
+        "sys.exit(', '.join(loaded) or None)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -16,7 +16,6 @@ from typing import Any
 from .. import internals
 from .listing import find_images, order_images, select
 from .naming import check_safe_relpath
-from .pipeline import batch_pipeline
 from .progress import eta_seconds, format_eta, progress_text, summary_text
 from .state import (
     FINISHED_STATUSES,
@@ -428,5 +427,9 @@ def batch_engine() -> BatchEngine:
 
 
 def _saving(batch: str) -> int:
+    # Imported here: the pipeline needs numpy and Pillow, and the terminal runner imports this
+    # module without them (it is installed with aiohttp and tqdm only).
+    from .pipeline import batch_pipeline
+
     pipeline = batch_pipeline()
     return 0 if pipeline is None else pipeline.saves.in_flight(batch)
