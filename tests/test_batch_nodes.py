@@ -963,3 +963,23 @@ def test_a_one_file_prompt_cannot_leave_the_folder(
 ) -> None:
     with pytest.raises(ValueError, match="not allowed"):
         load(one_file(name))
+
+
+@PIPELINED
+def test_a_one_file_prompt_saves_before_it_ends(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner takes an image as done at its prompt's success: no save behind for it."""
+    real, writers = nodes.atomic_write_bytes, []
+
+    def write(path: Path, data: bytes) -> None:
+        writers.append(threading.current_thread())
+        real(path, data)
+
+    monkeypatch.setattr(nodes, "atomic_write_bytes", write)
+    answer = save(one_file("img10.png"), load(one_file("img10.png")), wait=False)
+    assert writers == [threading.current_thread()]  # written by the prompt, before it ended
+    [line] = read_report(report(comfy))
+    assert (line["source"], line["status"]) == ("img10.png", "saved")
+    assert Path(answer["result"][0]).is_file()
+    assert pipeline_module.batch_pipeline() is not None  # the pipeline is on, and was passed by

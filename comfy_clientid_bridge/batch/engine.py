@@ -108,6 +108,7 @@ class _Run:
     running_prompt_id: str | None = None
     pending_prompt_id: str | None = None
     stopped: bool = False
+    one_file: bool = False  # a terminal runner's one-image prompt (Source.file)
     finished: bool = False
     loader_id: str = ""
 
@@ -235,7 +236,7 @@ class BatchEngine:
         done = {f: last[f] for f in files if last.get(f) in FINISHED_STATUSES}
         counts = Counter(done.values())
         counts["missing"] = len(gone)
-        return _Run(state, report, done, counts, started=time.monotonic())
+        return _Run(state, report, done, counts, started=time.monotonic(), one_file=one_file)
 
     def claim(self, batch: str, index: int, prompt_id: str | None) -> Item:
         """Makes `index` the batch's current image, run by `prompt_id`."""
@@ -245,6 +246,12 @@ class BatchEngine:
             source = run.state.files[index]
             path = Path(run.state.folder) / source
             return Item(batch, index, len(run.state.files), source, path)
+
+    def is_one_file(self, batch: str) -> bool:
+        """Whether the batch's prompts each name one file: the terminal runner's, which
+        counts an image done when its prompt succeeds."""
+        run = self._runs.get(batch)
+        return run is not None and run.one_file
 
     def knows(self, batch: str) -> bool:
         return batch in self._runs

@@ -344,7 +344,9 @@ class BatchImageSaver:
             encode,
             list(zip(names, frames, strict=True)),
         )
-        if pipeline is None:
+        # The terminal runner counts an image done when its prompt succeeds (and may kill or
+        # leave the server right after): its one-image prompts save before they end.
+        if pipeline is None or engine.is_one_file(batch_id):
             written = store()
         else:
             written = _hand_over(pipeline.saves, engine, batch_id, base, names, existing, store)
