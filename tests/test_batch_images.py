@@ -362,11 +362,11 @@ def test_encode_image_rejects(
         encode_image(pixels, fmt, quality, compress_level, None, None)
 
 
-def test_batch_helpers_import_without_torch_or_comfyui() -> None:
-    modules = ", ".join(f"comfy_clientid_bridge.batch.{name}" for name in BATCH_MODULES)
+def assert_imports_without(modules: str, absent: set[str]) -> None:
+    """Imports `modules` in a fresh interpreter; fails naming any of `absent` it loaded."""
     check = (
         f"import sys, {modules}; "
-        "loaded = sorted({'torch', 'server', 'comfy'} & set(sys.modules)); "
+        f"loaded = sorted({absent!r} & set(sys.modules)); "
         "sys.exit(', '.join(loaded) or None)"
     )
     root = Path(__file__).resolve().parents[1]
@@ -374,6 +374,11 @@ def test_batch_helpers_import_without_torch_or_comfyui() -> None:
         [sys.executable, "-c", check], cwd=root, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_batch_helpers_import_without_torch_or_comfyui() -> None:
+    modules = ", ".join(f"comfy_clientid_bridge.batch.{name}" for name in BATCH_MODULES)
+    assert_imports_without(modules, {"torch", "server", "comfy"})
 
 
 @pytest.mark.parametrize(
@@ -383,13 +388,4 @@ def test_batch_helpers_import_without_torch_or_comfyui() -> None:
 )
 def test_the_terminal_runner_imports_without_numpy_pillow_or_torch(module: str) -> None:
     """It is installed with aiohttp and tqdm only (pyproject's dependencies)."""
-    check = (
-        f"import sys, {module}; "
-        "loaded = sorted({'numpy', 'PIL', 'torch', 'server'} & set(sys.modules)); "
-        "sys.exit(', '.join(loaded) or None)"
-    )
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        [sys.executable, "-c", check], cwd=root, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    assert_imports_without(module, {"numpy", "PIL", "torch", "server"})
