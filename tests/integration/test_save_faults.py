@@ -31,15 +31,7 @@ def bad_folder(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
     """A 1 MB tmpfs (too small for one image), or one mounted read-only."""
     mount = tmp_path / "mnt"
     mount.mkdir()
-    options = "size=1m" + (",ro" if request.param == "read-only" else "")
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.strip()}")
+    mount_tmpfs(mount, "size=1m" + (",ro" if request.param == "read-only" else ""))
     try:
         yield request.param, mount
     finally:
