@@ -706,3 +706,46 @@ def test_a_stopped_batch_shows_its_images_being_saved(
     engine.record("b1", 0, "saved", "o")
     engine.stop("b1")
     assert engine.badge("b1") == "stopped: 3/4"
+
+
+@pytest.mark.parametrize(
+    ("let_go", "claims"),
+    [(True, True), (False, False)],
+    ids=["batch-next-let-it-go", "the-previous-prompt-never-ended"],
+)
+def test_a_prompt_queued_ahead_loads_only_once_let_go(
+    engine: BatchEngine, folder: Path, let_go: bool, claims: bool
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.queue_ahead("b1", 1)
+    if let_go:
+        engine.let_go("b1", 1)
+    claimed = engine.begin("b1", source(folder), 1, "p1", LOADER)
+    assert isinstance(claimed, Item) is claims
+    assert engine.is_stopped("b1") is not claims
+    if not claims:
+        assert claimed == Halt(
+            "b1", "stopped at 0/4 (0%) · ETA --:--: the previous image's prompt did not end", "stopped"
+        )
+
+
+def test_letting_go_another_image_than_the_one_queued_ahead_does_not_count(
+    engine: BatchEngine, folder: Path
+) -> None:
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.queue_ahead("b1", 2)
+    engine.let_go("b1", 1)
+    assert engine.begin("b1", source(folder), 2, "p2", LOADER).state == "stopped"  # type: ignore[union-attr]
+
+
+def test_a_loop_step_ends_what_was_queued_ahead(engine: BatchEngine, folder: Path) -> None:
+    """Once a step claimed its image, a later step of the same image is no longer "ahead"."""
+    engine.begin("b1", source(folder), -1, "p0", LOADER)
+    engine.queue_ahead("b1", 1)
+    engine.let_go("b1", 1)
+    engine.begin("b1", source(folder), 1, "p1", LOADER)
+    engine.queue_ahead("b1", 2)
+    engine.let_go("b1", 2)
+    assert isinstance(engine.begin("b1", source(folder), 2, "p2", LOADER), Item)
+    engine.queue_ahead("b1", 3)  # its prompt fails: the next one stops the batch
+    assert engine.begin("b1", source(folder), 3, "p3", LOADER).state == "stopped"  # type: ignore[union-attr]

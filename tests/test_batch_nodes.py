@@ -56,6 +56,7 @@ class FakeComfy:
     servers: list[Any] = field(default_factory=list)  # the server each POST was made to
     progress: list[tuple[str, int, int]] = field(default_factory=list)
     texts: list[tuple[Any, str, str]] = field(default_factory=list)  # (server, node id, text)
+    dropped: list[str] = field(default_factory=list)  # prompt ids taken out of the queue
 
     @property
     def input(self) -> Path:
@@ -70,6 +71,16 @@ class FakeComfy:
         self.queued.append(body)
         return f"p{len(self.queued)}"
 
+    def drop_queued(self, server: Any, prompt_id: str) -> bool:
+        assert server is SERVER
+        self.dropped.append(prompt_id)
+        return True
+
+    @property
+    def waiting(self) -> list[dict[str, Any]]:
+        """The bodies still in the queue: POSTed and not dropped."""
+        return [body for n, body in enumerate(self.queued, 1) if f"p{n}" not in self.dropped]
+
 
 @pytest.fixture(params=["serial", "pipelined"])
 def loop_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
@@ -80,10 +91,12 @@ def loop_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 def settle() -> None:
-    """Waits for the saves in flight: what the serial loop has done when the saver returns."""
+    """Waits for the saves in flight and the next prompts being queued ahead: what the serial
+    loop has done when its node returns."""
     made = pipeline_module.batch_pipeline()
     if made is not None:
         assert made.saves.wait(timeout=10)
+        made.next_prompts.wait()
 
 
 @pytest.fixture
@@ -106,6 +119,7 @@ def comfy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop_mode: str) -> Fa
         internals, "current_client_id", lambda server: TAB if server is SERVER else None
     )
     monkeypatch.setattr(internals, "queue_prompt", fake.queue_prompt)
+    monkeypatch.setattr(internals, "drop_queued", fake.drop_queued)
     monkeypatch.setattr(internals, "execution_blocker", lambda: "blocked")
     monkeypatch.setattr(internals, "show_node_progress", lambda *args: fake.progress.append(args))
     monkeypatch.setattr(internals, "show_node_text", lambda *args: fake.texts.append(args))
@@ -171,9 +185,13 @@ def graph(folder: str = "photos", **saver: Any) -> dict[str, Any]:
     }
 
 
-def load(prompt: dict[str, Any]) -> dict[str, Any]:
+def load(prompt: dict[str, Any], extra_pnginfo: Any = WORKFLOW) -> dict[str, Any]:
+    """The loader as ComfyUI runs it (with the same hidden inputs as the prompt's Batch Next)."""
     inputs = dict(prompt[LOADER]["inputs"])
-    return nodes.BatchImageLoader().load(prompt=prompt, unique_id=LOADER, **inputs)
+    pnginfo = None if extra_pnginfo is None else {"workflow": extra_pnginfo}
+    return nodes.BatchImageLoader().load(
+        prompt=prompt, unique_id=LOADER, extra_pnginfo=pnginfo, **inputs
+    )
 
 
 def save(
@@ -199,16 +217,23 @@ def advance(prompt: dict[str, Any], batch: str, saved: str = "x") -> dict[str, A
     return nodes.BatchNext().advance(batch, saved, prompt, {"workflow": WORKFLOW})
 
 
+def stop(comfy: FakeComfy, batch: str) -> None:
+    """What the stop route does (batch/control.py): stop, and drop the queued next prompt."""
+    pending = engine().stop(batch)
+    if pending is not None:
+        comfy.drop_queued(SERVER, pending)
+
+
 def run_batch(comfy: FakeComfy, prompt: dict[str, Any]) -> list[str]:
     """What ComfyUI would do: run the prompt, then each prompt Batch Next queued. -> stems"""
     stems: list[str] = []
     while True:
+        before = len(comfy.queued)  # the pipelined loader may queue the next one ahead
         loaded = load(prompt)
         if loaded["ui"]["state"] != ["running"]:
             return stems
         stems.append(f"{loaded['result'][3]}/{loaded['result'][2]}".lstrip("/"))
         save(prompt, loaded)
-        before = len(comfy.queued)
         advance(prompt, loaded["result"][6])
         if len(comfy.queued) == before:
             return stems
@@ -286,16 +311,16 @@ def test_batch_next_of_a_stopped_batch_queues_nothing(comfy: FakeComfy, photos: 
     prompt = graph()
     loaded = load(prompt)
     batch = loaded["result"][6]
-    engine().stop(batch)
+    stop(comfy, batch)
     answer = advance(prompt, batch)
-    assert comfy.queued == [] and answer["ui"]["state"] == ["stopped"]
+    assert comfy.waiting == [] and answer["ui"]["state"] == ["stopped"]
     assert answer["ui"]["batch_id"] == [batch]
     assert answer["ui"]["text"] == ["stopped at 0/3 (0%) · ETA --:--"]
 
 
 def test_batch_next_without_a_workflow_sends_no_extra_data(comfy: FakeComfy, photos: Path) -> None:
     prompt = graph()
-    loaded = load(prompt)
+    loaded = load(prompt, extra_pnginfo=None)
     nodes.BatchNext().advance(loaded["result"][6], "x", prompt, None)
     assert "extra_data" not in comfy.queued[0]
 
@@ -516,8 +541,9 @@ def test_a_failed_write_stops_the_batch_and_is_never_saved(
     with pytest.raises(RuntimeError, match="Batch Image Saver could not write .*No space left"):
         save(prompt, loaded)  # serial: the saver raises it
         advance(prompt, loaded["result"][6])  # pipelined: the next node of the batch does
+    settle()
     assert engine().is_stopped(loaded["result"][6])
-    assert comfy.queued == []
+    assert comfy.waiting == []
     [line] = read_report(report(comfy))
     assert line["status"] == "failed" and "No space left" in line["error"]
 
@@ -713,12 +739,12 @@ def test_saves_handed_over_before_a_stop_are_finished(
     loaded = load(prompt)
     batch = loaded["result"][6]
     save(prompt, loaded, wait=False)
-    engine().stop(batch)
+    stop(comfy, batch)
     gate.set()
     settle()
     assert written == ["img1.png"]
     assert [line["status"] for line in read_report(report(comfy))] == ["saved"]
-    assert advance(prompt, batch)["ui"]["state"] == ["stopped"] and comfy.queued == []
+    assert advance(prompt, batch)["ui"]["state"] == ["stopped"] and comfy.waiting == []
 
 
 @PIPELINED
@@ -983,3 +1009,140 @@ def test_a_one_file_prompt_saves_before_it_ends(
     assert (line["source"], line["status"]) == ("img10.png", "saved")
     assert Path(answer["result"][0]).is_file()
     assert pipeline_module.batch_pipeline() is not None  # the pipeline is on, and was passed by
+
+
+# --- the next prompt queued ahead (pipelined) ----------------------------------------
+
+
+def test_the_loaders_batch_id_output_is_the_one_batch_next_is_looked_for_on() -> None:
+    names = nodes.BatchImageLoader.RETURN_NAMES
+    assert names[nodes.BATCH_ID_OUTPUT] == "batch_id"
+
+
+@PIPELINED
+def test_the_next_prompt_is_queued_while_the_image_runs_and_only_once(
+    comfy: FakeComfy, photos: Path
+) -> None:
+    prompt = graph()
+    loaded = load(prompt)
+    settle()
+    [ahead] = comfy.queued  # before the saver and Batch Next ran
+    expected = {node_id: dict(node) for node_id, node in graph().items()}
+    del expected[LOADER]["is_changed"]
+    expected[LOADER]["inputs"] = {**expected[LOADER]["inputs"], "cursor": 1}
+    assert ahead == {
+        "prompt": expected,
+        "client_id": TAB,
+        "extra_data": {"extra_pnginfo": {"workflow": WORKFLOW}},
+    }
+    save(prompt, loaded)
+    answer = advance(prompt, loaded["result"][6])
+    assert comfy.queued == [ahead] and answer["ui"]["state"] == ["running"]
+    assert engine().batches_of_prompt("p1") == [loaded["result"][6]]
+    assert load(ahead["prompt"])["result"][2] == "img2"  # let go: it loads its image
+
+
+@PIPELINED
+def test_a_prompt_that_never_reached_its_batch_next_stops_the_batch(
+    comfy: FakeComfy, photos: Path
+) -> None:
+    """Its workflow failed or was cut: the prompt queued ahead loads nothing, as the serial
+    loop would never have queued it, and the next Run redoes the image."""
+    prompt = graph()
+    loaded = load(prompt)  # ... and then a node of the workflow fails: no Batch Next
+    settle()
+    [ahead] = comfy.queued
+    answer = load(ahead["prompt"])
+    assert answer["ui"]["state"] == ["stopped"] and answer["result"] == ("blocked",) * 7
+    assert "the previous image's prompt did not end" in answer["ui"]["text"][0]
+    assert engine().is_stopped(loaded["result"][6])
+    assert run_batch(comfy, graph()) == ["img1", "img2", "img10"]
+
+
+@PIPELINED
+def test_a_refused_post_ahead_is_made_again_by_batch_next(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusals = [RuntimeError("ComfyUI refused the next prompt: 401")]
+
+    def refuse_once(server: Any, body: dict[str, Any]) -> str:
+        if refusals:
+            raise refusals.pop()
+        return comfy.queue_prompt(server, body)
+
+    monkeypatch.setattr(internals, "queue_prompt", refuse_once)
+    prompt = graph()
+    loaded = load(prompt)
+    settle()
+    assert comfy.queued == [] and refusals == []
+    save(prompt, loaded)
+    assert advance(prompt, loaded["result"][6])["ui"]["state"] == ["running"]
+    [body] = comfy.queued
+    assert body["prompt"][LOADER]["inputs"]["cursor"] == 1
+    assert engine().batches_of_prompt("p1") == [loaded["result"][6]]
+    assert load(body["prompt"])["result"][2] == "img2"
+
+
+@PIPELINED
+def test_a_refusal_of_the_next_prompt_fails_batch_next_with_comfyuis_error(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(server: Any, body: dict[str, Any]) -> str:
+        raise RuntimeError("ComfyUI refused the next prompt: invalid graph")
+
+    monkeypatch.setattr(internals, "queue_prompt", refuse)
+    prompt = graph()
+    loaded = load(prompt)
+    save(prompt, loaded)
+    with pytest.raises(RuntimeError, match="invalid graph"):
+        advance(prompt, loaded["result"][6])
+
+
+@PIPELINED
+def test_a_stop_while_the_post_ahead_is_on_its_way_drops_its_prompt(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    def held(server: Any, body: dict[str, Any]) -> str:
+        assert gate.wait(HELD)
+        return comfy.queue_prompt(server, body)
+
+    monkeypatch.setattr(internals, "queue_prompt", held)
+    prompt = graph()
+    loaded = load(prompt)
+    stop(comfy, loaded["result"][6])  # finds no queued prompt yet
+    gate.set()
+    settle()
+    assert len(comfy.queued) == 1 and comfy.dropped == ["p1"] and comfy.waiting == []
+
+
+@pytest.mark.parametrize(
+    "rewire",
+    [
+        pytest.param(lambda g: g.pop(NEXT), id="no-batch-next"),
+        pytest.param(
+            lambda g: g[NEXT]["inputs"].update(batch_id=["9", 0]), id="batch-id-from-another-node"
+        ),
+        pytest.param(lambda g: g[NEXT].update(class_type="OtherPack_Next"), id="another-node"),
+    ],
+)
+@PIPELINED
+def test_nothing_is_queued_ahead_unless_a_batch_next_takes_this_loaders_batch_id(
+    comfy: FakeComfy, photos: Path, rewire: Any
+) -> None:
+    prompt = graph()
+    rewire(prompt)
+    load(prompt)
+    settle()
+    assert comfy.queued == []
+
+
+@PIPELINED
+def test_nothing_is_queued_ahead_of_the_last_image(comfy: FakeComfy, photos: Path) -> None:
+    for name in ("img2.png", "img10.png"):
+        (photos / name).unlink()
+    prompt = graph()
+    loaded = load(prompt)
+    settle()
+    assert comfy.queued == []
+    save(prompt, loaded)
+    assert advance(prompt, loaded["result"][6])["ui"]["state"] == ["done"]

@@ -233,3 +233,17 @@ def test_the_running_servers_policy_names_its_roots_file(
     current = folders.current_policy({})
     assert current.enforced and (tree / "Shared").resolve() in current.roots
     assert str(tree / "user" / "clientid_bridge" / "roots.txt") in current.allow_hint
+
+
+def test_a_policy_that_checks_nothing_resolves_no_roots(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loader reads the policy on every image: on a loopback server without roots it
+    must not walk ComfyUI's folders each time."""
+    resolved: list[Path] = []
+    resolve = Path.resolve
+    monkeypatch.setattr(Path, "resolve", lambda p, *a: resolved.append(p) or resolve(p, *a))
+    assert policy(tree, enforced=False).roots == () and resolved == []
+    assert policy(tree).roots == tuple(
+        (tree / name).resolve() for name in ("input", "output", "temp")
+    )

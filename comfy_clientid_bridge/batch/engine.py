@@ -107,6 +107,11 @@ class _Run:
     done_at_start: int = 0
     running_prompt_id: str | None = None
     pending_prompt_id: str | None = None
+    # The cursor of a next prompt queued while this image's prompt ran (the pipeline's queue
+    # ahead), and whether that prompt's Batch Next let it go: a prompt that failed or was cut
+    # never reaches its Batch Next, and its batch must then stop as it always did.
+    ahead: int | None = None
+    let_go: bool = False
     stopped: bool = False
     one_file: bool = False  # a terminal runner's one-image prompt (Source.file)
     finished: bool = False
@@ -209,10 +214,15 @@ class BatchEngine:
         if run.stopped:
             return Halt(batch, f"stopped at {self.progress(batch)}", "stopped")
         files = run.state.files
+        if run.ahead == cursor and not run.let_go:
+            run.ahead = None
+            self.stop(batch)
+            message = f"stopped at {self.progress(batch)}: the previous image's prompt did not end"
+            return Halt(batch, message, "stopped")
         if cursor >= len(files) or run.done.get(files[cursor]) in FINISHED_STATUSES:
             message = f"image {cursor + 1} was already processed; duplicate skipped"
             return Halt(batch, message, "duplicate")
-        run.pending_prompt_id = None
+        run.pending_prompt_id, run.ahead = None, None
         return self.claim(batch, cursor, prompt_id)
 
     def _open(self, batch: str, folder: Path, files: list[str], *, one_file: bool) -> _Run:
@@ -310,6 +320,20 @@ class BatchEngine:
     def queued(self, batch: str, prompt_id: str) -> None:
         with self._lock:
             self._runs[batch].pending_prompt_id = prompt_id
+
+    def queue_ahead(self, batch: str, cursor: int) -> None:
+        """The prompt of image `cursor` is being queued before the running one ends: it only
+        loads its image once `let_go(batch, cursor)` says the running prompt got to its end."""
+        with self._lock:
+            run = self._runs[batch]
+            run.ahead, run.let_go = cursor, False
+
+    def let_go(self, batch: str, cursor: int) -> None:
+        """The running prompt reached its Batch Next: the next one may load image `cursor`."""
+        with self._lock:
+            run = self._runs[batch]
+            if run.ahead == cursor:
+                run.let_go = True
 
     def is_stopped(self, batch: str) -> bool:
         run = self._runs.get(batch)

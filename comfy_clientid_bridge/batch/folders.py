@@ -62,10 +62,13 @@ def make_policy(
     roots_file: Path,
 ) -> FolderPolicy:
     """Checked when the server is reachable beyond loopback, or when roots are configured."""
-    reachable = any(not is_loopback(address) for address in listen)
-    roots = tuple(dict.fromkeys(p.resolve() for p in [*comfy_folders, *configured]))
+    enforced = bool(configured) or any(not is_loopback(address) for address in listen)
+    # Resolved only when checked: the loader reads the policy on every image, and each
+    # resolve is a system call per path part, where the executor gives up the GIL.
+    folders = [*comfy_folders, *configured] if enforced else []
+    roots = tuple(dict.fromkeys(folder.resolve() for folder in folders))
     hint = f"add it to {ROOTS_ENV} (separated by {os.pathsep!r}) or to {roots_file}"
-    return FolderPolicy(enforced=reachable or bool(configured), roots=roots, allow_hint=hint)
+    return FolderPolicy(enforced=enforced, roots=roots, allow_hint=hint)
 
 
 def current_policy(environ: Mapping[str, str] = os.environ) -> FolderPolicy:

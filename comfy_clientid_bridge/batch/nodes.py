@@ -8,6 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,6 +37,7 @@ PREFIX = "ClientIdBridge_"
 # The saver's `format` choices -> the file extension each is saved with.
 EXTENSION_OF_FORMAT = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 BATCH_ID = ("STRING", {"forceInput": True})
+BATCH_ID_OUTPUT = 6  # the loader's batch_id output, by position (RETURN_TYPES)
 INDEX = ("INT", {"forceInput": True})
 
 
@@ -113,7 +115,11 @@ class BatchImageLoader:
                     {"default": "", "tooltip": "set by the terminal runner; leave empty"},
                 ),
             },
-            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
+            "hidden": {
+                "prompt": "PROMPT",
+                "unique_id": "UNIQUE_ID",
+                "extra_pnginfo": "EXTRA_PNGINFO",
+            },
         }
 
     @classmethod
@@ -133,7 +139,13 @@ class BatchImageLoader:
         return f"{batch}:{cursor}:{path}:{stat.st_mtime_ns}:{stat.st_size}"
 
     def load(
-        self, cursor: int, prompt: dict[str, Any], unique_id: str, on_error: str, **inputs: Any
+        self,
+        cursor: int,
+        prompt: dict[str, Any],
+        unique_id: str,
+        on_error: str,
+        extra_pnginfo: dict[str, Any] | None = None,
+        **inputs: Any,
     ) -> dict[str, Any]:
         engine = batch_engine()
         pipeline = batch_pipeline()
@@ -150,6 +162,7 @@ class BatchImageLoader:
         claimed, rgb, mask = loaded
         if pipeline is not None:
             _prepare_next(engine, pipeline, source.folder, claimed)
+            _queue_ahead(engine, pipeline, claimed, prompt, unique_id, extra_pnginfo)
         _show_progress(unique_id, engine.processed(batch), claimed)
         rel = Path(claimed.source)
         image, alpha = _as_tensors(rgb, mask)
@@ -178,6 +191,77 @@ def _prepare_next(engine: BatchEngine, pipeline: Pipeline, folder: Path, item: I
         pipeline.loads.prefetch(folder / engine.source_of(item.batch_id, following))
 
 
+def _queue_ahead(
+    engine: BatchEngine,
+    pipeline: Pipeline,
+    item: Item,
+    prompt: dict[str, Any],
+    loader_id: str,
+    extra_pnginfo: dict[str, Any] | None,
+) -> None:
+    """Queues the next image's prompt while this one runs, when this graph's Batch Next would
+    queue it at the end: the POST then costs the GPU nothing. That prompt loads nothing
+    unless this one reaches its Batch Next (engine.let_go); a Stop, a cancel or a cleared
+    queue drops it as it drops any next prompt of a batch."""
+    following = engine.next_index(item.batch_id, item.index)
+    if following is None or not _loops(prompt, loader_id):
+        return
+    server = internals.prompt_server()
+    body = _next_body(server, prompt, loader_id, following, extra_pnginfo)
+    engine.queue_ahead(item.batch_id, following)
+    post = functools.partial(_post_ahead, engine, server, item.batch_id, body)
+    pipeline.next_prompts.submit(item.batch_id, following, post)
+
+
+def _loops(prompt: dict[str, Any], loader_id: str) -> bool:
+    """Whether a Batch Next of the graph takes this loader's batch_id straight from it."""
+    link = [str(loader_id), BATCH_ID_OUTPUT]
+    return any(
+        isinstance(node, dict)
+        and node.get("class_type") == PREFIX + "BatchNext"
+        and isinstance(node.get("inputs"), dict)
+        and node["inputs"].get("batch_id") == link
+        for node in prompt.values()
+    )
+
+
+def _stop(engine: BatchEngine, batch: str) -> None:
+    """Stops a batch from its own nodes: its next prompt, if one is queued, is dropped."""
+    pending = engine.stop(batch)
+    if pending is not None:
+        internals.drop_queued(internals.prompt_server(), pending)
+
+
+def _post_ahead(engine: BatchEngine, server: Any, batch: str, body: dict[str, Any]) -> str:
+    prompt_id = internals.queue_prompt(server, body)
+    engine.queued(batch, prompt_id)
+    if engine.is_stopped(batch):  # stopped while the POST was on its way: Stop found no id
+        internals.drop_queued(server, prompt_id)
+    return prompt_id
+
+
+def _next_body(
+    server: Any,
+    prompt: dict[str, Any],
+    loader_id: str,
+    cursor: int,
+    extra_pnginfo: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The body of the next prompt: the graph as a client sends it (ComfyUI's own additions,
+    is_changed, left out), the loader advanced to `cursor`, for the running prompt's tab."""
+    graph = {
+        node_id: {
+            key: copy.deepcopy(node[key]) for key in internals.CLIENT_NODE_KEYS if key in node
+        }
+        for node_id, node in prompt.items()
+    }
+    graph[loader_id]["inputs"][CURSOR_INPUT] = cursor
+    body: dict[str, Any] = {"prompt": graph, "client_id": internals.current_client_id(server)}
+    if extra_pnginfo:
+        body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
+    return body
+
+
 def _as_tensors(rgb: Any, mask: Any) -> tuple[Any, Any]:
     """The one place torch is used: ComfyUI's IMAGE (1xHxWx3) and MASK (1xHxW) tensors.
 
@@ -204,7 +288,7 @@ def _first_readable(
             status = "unreadable" if os.path.lexists(claimed.path) else "missing"
             engine.record(claimed.batch_id, claimed.index, status, None, str(error))
             if on_error == "stop" and status == "unreadable":
-                engine.stop(claimed.batch_id)
+                _stop(engine, claimed.batch_id)
                 raise RuntimeError(f"Batch Image Loader: {error}") from error
             logger.warning("batch %s: skipping %s (%s)", claimed.batch_id, error, status)
             following = engine.next_index(claimed.batch_id, claimed.index)
@@ -404,7 +488,7 @@ def _stop_on_failure(engine: BatchEngine, batch: str, store: Callable[[], list[P
         store()
     except Exception:
         if not engine.is_stopped(batch):
-            engine.stop(batch)
+            _stop(engine, batch)
         raise
 
 
@@ -426,7 +510,7 @@ def _write(engine: BatchEngine, batch: str, index: int, target: Path, data: byte
         atomic_write_bytes(target, data)
     except OSError as error:
         engine.record(batch, index, "failed", None, f"{target}: {error}")
-        engine.stop(batch)
+        _stop(engine, batch)
         raise RuntimeError(f"Batch Image Saver could not write {target}: {error}") from error
 
 
@@ -509,20 +593,27 @@ class BatchNext:
         following = engine.next_index(batch_id, engine.current(batch_id))
         if following is None:
             return {"ui": _ui(engine, batch_id, f"done: {_finish(engine, batch_id)}", "done")}
-        # The graph as a client sends it: ComfyUI's own additions (is_changed) left out.
-        graph = {
-            node_id: {
-                key: copy.deepcopy(node[key]) for key in internals.CLIENT_NODE_KEYS if key in node
-            }
-            for node_id, node in prompt.items()
-        }
-        graph[engine.loader_of(batch_id)]["inputs"][CURSOR_INPUT] = following
-        server = internals.prompt_server()
-        body: dict[str, Any] = {"prompt": graph, "client_id": internals.current_client_id(server)}
-        if extra_pnginfo:
-            body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
-        engine.queued(batch_id, internals.queue_prompt(server, body))
+        engine.let_go(batch_id, following)
+        ahead = None if pipeline is None else pipeline.next_prompts.take(batch_id, following)
+        if ahead is None or not _queued_ahead(batch_id, ahead):
+            server = internals.prompt_server()
+            loader = engine.loader_of(batch_id)
+            body = _next_body(server, prompt, loader, following, extra_pnginfo)
+            engine.queued(batch_id, internals.queue_prompt(server, body))
         return {"ui": _ui(engine, batch_id, engine.progress(batch_id), "running")}
+
+
+def _queued_ahead(batch: str, ahead: Future[str]) -> bool:
+    """Whether the next prompt the loader queued ahead is in ComfyUI's queue. A refusal is
+    logged and the POST made again here, as without the pipeline: a refused graph then
+    fails this node with ComfyUI's own error, and a POST that only failed on its thread
+    (a login that thread could not show) gets its second chance on the executor's."""
+    try:
+        ahead.result()
+    except Exception as error:  # any: the POST below is the one whose error counts
+        logger.info("batch %s: the next prompt queued ahead failed (%s); queueing it", batch, error)
+        return False
+    return True
 
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {

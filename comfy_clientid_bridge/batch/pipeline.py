@@ -232,12 +232,43 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+class QueueAhead:
+    """A batch's next prompt, queued on a background thread while the current one runs.
+
+    The POST's few milliseconds (validation, every on-prompt handler) then pass while the
+    GPU works, not between two images. One per batch: `submit` replaces an older one (its
+    cursor is stale), `take(batch, cursor)` hands Batch Next the one for `cursor`, or None.
+    The pool's task acts for the prompt that submitted it (routing/thread_origin.py).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ahead: dict[str, tuple[int, Future[str]]] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="clientid_bridge_next")
+
+    def submit(self, batch: str, cursor: int, post: Callable[[], str]) -> None:
+        future = self._pool.submit(post)
+        with self._lock:
+            self._ahead[batch] = (cursor, future)
+
+    def take(self, batch: str, cursor: int) -> Future[str] | None:
+        with self._lock:
+            queued, future = self._ahead.pop(batch, (None, None))
+        return future if queued == cursor else None
+
+    def wait(self) -> None:
+        """Blocks until every POST handed over so far has ended (the pool runs them in turn)."""
+        self._pool.submit(lambda: None).result()
+
+
 @dataclass
 class Pipeline:
-    """What the batch nodes hand work to: the save worker, and the prefetcher of images."""
+    """What the batch nodes hand work to: the save worker, the prefetcher of images and the
+    next prompts queued ahead."""
 
     saves: SaveWorker
     loads: Prefetcher[OpenedImage, tuple[FloatImage, FloatImage]]
+    next_prompts: QueueAhead = field(default_factory=QueueAhead)
 
 
 def make_pipeline(depth: int = SAVES_IN_FLIGHT, ahead: int = PREPARED_AHEAD) -> Pipeline:
