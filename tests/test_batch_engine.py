@@ -725,7 +725,9 @@ def test_a_prompt_queued_ahead_loads_only_once_let_go(
     assert engine.is_stopped("b1") is not claims
     if not claims:
         assert claimed == Halt(
-            "b1", "stopped at 0/4 (0%) · ETA --:--: the previous image's prompt did not end", "stopped"
+            "b1",
+            "stopped at 0/4 (0%) · ETA --:--: the previous image's prompt did not end",
+            "stopped",
         )
 
 
