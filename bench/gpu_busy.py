@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from encoders import make_jpegs  # noqa: E402
 
+from comfy_clientid_bridge.batch.gc_freeze import GC_FREEZE_SWITCH  # noqa: E402
 from comfy_clientid_bridge.tools.demo import post, wait_idle  # noqa: E402
 from comfy_clientid_bridge.tools.launcher import (  # noqa: E402
     REPO,
@@ -272,6 +273,12 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ms", default="100,50", help="stand-in GPU times, comma-separated")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="both servers with COMFY_CLIENTID_BRIDGE_GC_FREEZE=1 (ComfyUI's collections "
+        "between prompts then skip the objects alive at start; docs/batch-pipeline.md)",
+    )
     args = parser.parse_args()
     millis = [int(value) for value in args.ms.split(",")]
     found = find_comfyui()
@@ -279,9 +286,12 @@ async def main() -> None:
         sys.exit(f"gpu_busy: {found}")
     root = Path(tempfile.mkdtemp(prefix="cib-gpu-busy-"))
     env, isal_note = isal_path(root, found[1])
+    if args.gc_freeze:
+        env[GC_FREEZE_SWITCH] = "1"
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')} · {platform.machine()} · {os.cpu_count()} cores · "
-        f"ComfyUI {found[0]} · {isal_note} · load average {load():.1f}"
+        f"ComfyUI {found[0]} · {isal_note} · load average {load():.1f} · "
+        f"{GC_FREEZE_SWITCH}={env.get(GC_FREEZE_SWITCH, 'unset')}"
     )
     make_jpegs(root / "in", COUNT)
     (root / "tiny").mkdir()

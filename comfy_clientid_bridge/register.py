@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import internals
+from .batch import gc_freeze
 from .batch.control import (
     CONTROL,
     BatchControl,
@@ -143,6 +144,8 @@ def _install_batch(server: Any) -> None:
     server.routes.delete(UPLOADS_PATH)(remove_uploads)
     server.routes.get(FOLDER_PATH)(folder_readable)
     server.app.middlewares.append(batch_cancel_middleware(control=control))
+    if gc_freeze.wanted():
+        server.app.on_startup.append(gc_freeze.freeze_at_startup)
     pipeline = batch_pipeline()
     if pipeline is not None:  # the saver names files the worker has yet to write
         saves = pipeline.saves
