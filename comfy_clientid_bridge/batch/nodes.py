@@ -162,7 +162,6 @@ class BatchImageLoader:
         claimed, rgb, mask = loaded
         if pipeline is not None:
             _prepare_next(engine, pipeline, source.folder, claimed)
-            _queue_ahead(engine, pipeline, claimed, prompt, unique_id, extra_pnginfo)
         _show_progress(unique_id, engine.processed(batch), claimed)
         rel = Path(claimed.source)
         image, alpha = _as_tensors(rgb, mask)
@@ -171,6 +170,8 @@ class BatchImageLoader:
         result = (image, alpha, rel.stem, subfolder, claimed.index, claimed.total, batch)
         # batch_id in the UI payload: what a Stop button or an API client needs to stop it.
         ui = {**_ui(engine, batch, text, "running"), "file": [rel.name]}
+        if pipeline is not None:  # last: its thread's Python would hold up the lines above
+            _queue_ahead(engine, pipeline, claimed, prompt, unique_id, extra_pnginfo)
         return {"ui": ui, "result": result}
 
 
