@@ -44,7 +44,32 @@ class ClientIdBridgeTest_Hold:
         return (image,)
 
 
+class ClientIdBridgeTest_FailOn:
+    """Passes the image through, or fails its prompt when `stem` is `fail_stem`: a workflow
+    that breaks on one image of a batch."""
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "stem": ("STRING", {"forceInput": True}),
+                "fail_stem": ("STRING", {"default": ""}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "check"
+    CATEGORY = "clientid_bridge/tests"
+
+    def check(self, image: Any, stem: str, fail_stem: str) -> tuple[Any]:
+        if stem == fail_stem:
+            raise RuntimeError(f"test failure on {stem}")
+        return (image,)
+
+
 NODE_CLASS_MAPPINGS = {
     "ClientIdBridgeTest_Pause": ClientIdBridgeTest_Pause,
     "ClientIdBridgeTest_Hold": ClientIdBridgeTest_Hold,
+    "ClientIdBridgeTest_FailOn": ClientIdBridgeTest_FailOn,
 }
