@@ -1,0 +1,68 @@
+"""The terminal runner's aiohttp: imported without the system's CA certificates, which only
+an https server needs (it gets a context of its own)."""
+
+from __future__ import annotations
+
+import importlib
+import ssl
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import aiohttp
+
+
+@contextmanager
+def _system_certificates_skipped() -> Iterator[None]:
+    """While inside, a new SSL context loads no system CA certificates (its store stays
+    empty: it verifies nothing, it trusts nothing)."""
+    # load_default_certs is ssl.py's own; set_default_verify_paths is inherited from
+    # _ssl._SSLContext, so it is shadowed on the subclass and the shadow removed after.
+    names = ("load_default_certs", "set_default_verify_paths")
+    own = {name: ssl.SSLContext.__dict__.get(name) for name in names}
+    for name in names:
+        setattr(ssl.SSLContext, name, _load_nothing)
+    try:
+        yield
+    finally:
+        for name, function in own.items():
+            if function is None:
+                delattr(ssl.SSLContext, name)
+            else:
+                setattr(ssl.SSLContext, name, function)
+
+
+def _load_nothing(context: ssl.SSLContext, purpose: object = None) -> None:
+    """Stands in for the loading of the system's certificates."""
+
+
+def import_aiohttp_without_certificates() -> None:
+    """aiohttp, imported before anything else imports it, without the certificates.
+
+    aiohttp builds two default SSL contexts when it is imported (connector.py,
+    `_SSL_CONTEXT_VERIFIED` and `_SSL_CONTEXT_UNVERIFIED`; aiohttp 3.10 to 3.14.5 checked),
+    each parsing the system's CA bundle: ~70 ms of the runner's ~0.3 s start on this
+    machine (bench/multi_server.py counts that start in the makespan). The runner never uses
+    them: `client_session` gives a session with an https server a context of its own with
+    the certificates, and a plain http session has no use for one. Should one be used all
+    the same (an http server redirecting to https), its empty store trusts no certificate:
+    the connection fails, it is never left unverified. Already imported (inside pytest, a
+    program of the user's): nothing changes.
+    """
+    if "aiohttp" in sys.modules:
+        return
+    with _system_certificates_skipped():
+        importlib.import_module("aiohttp")
+
+
+def client_session(urls: Sequence[str], timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
+    """A session for these servers; with an https one among them, its connector verifies
+    with the system's certificates (a context made here, not aiohttp's default)."""
+    import aiohttp
+
+    if not any(url.lower().startswith("https:") for url in urls):
+        return aiohttp.ClientSession(timeout=timeout)
+    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context())
+    return aiohttp.ClientSession(timeout=timeout, connector=connector)
