@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from comfy_clientid_bridge import __main__ as command
 from comfy_clientid_bridge.tools.http_client import (
@@ -113,7 +115,7 @@ def test_the_skipping_ends_when_the_import_fails(system_certificates: None) -> N
 
 
 @pytest.mark.parametrize(
-    ("urls", "own_context"),
+    ("urls", "loaded"),
     [
         (["http://a:8188", "http://b:8188"], False),
         (["https://cloud.example:443"], True),
@@ -122,19 +124,55 @@ def test_the_skipping_ends_when_the_import_fails(system_certificates: None) -> N
     ],
     ids=["http-only", "https", "mixed", "https-uppercase"],
 )
-async def test_a_session_with_an_https_server_verifies_with_the_system_certificates(
-    urls: list[str], own_context: bool, system_certificates: None
+async def test_a_session_verifies_and_loads_the_certificates_for_an_https_server(
+    urls: list[str], loaded: bool, system_certificates: None
 ) -> None:
     timeout = aiohttp.ClientTimeout(total=5)
     async with client_session(urls, timeout) as session:
         context = session.connector._ssl  # type: ignore[union-attr]
         assert session.timeout == timeout
-    if own_context:
-        assert isinstance(context, ssl.SSLContext)
-        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-        assert context.cert_store_stats()["x509_ca"] == system_ca_count()
-    else:  # aiohttp's default: never used for plain http
-        assert context is True
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] == (system_ca_count() if loaded else 0)
+
+
+async def redirect(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/there")
+
+
+async def there(request: web.Request) -> web.Response:
+    return web.Response(text="here")
+
+
+@pytest.mark.parametrize(
+    ("path", "loaded"),
+    [("/there", False), ("/redirect", True)],
+    ids=["plain-http-request", "redirect-may-lead-to-https"],
+)
+async def test_an_http_session_loads_the_certificates_only_at_a_redirect(
+    path: str, loaded: bool, system_certificates: None
+) -> None:
+    app = web.Application()
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/there", there)
+    async with TestServer(app) as server:
+        url = str(server.make_url(""))
+        async with client_session([url], aiohttp.ClientTimeout(total=5)) as session:
+            context = session.connector._ssl  # type: ignore[union-attr]
+            async with session.get(f"{url}{path}") as reply:
+                assert await reply.text() == "here"
+    assert context.cert_store_stats()["x509_ca"] == (system_ca_count() if loaded else 0)
+
+
+async def test_an_https_request_loads_the_certificates_before_it_connects(
+    system_certificates: None,
+) -> None:
+    async with client_session(["http://a:8188"], aiohttp.ClientTimeout(total=5)) as session:
+        context = session.connector._ssl  # type: ignore[union-attr]
+        with pytest.raises(aiohttp.ClientError):  # nobody listens there
+            async with session.get("https://127.0.0.1:9/"):
+                pass
+    assert context.cert_store_stats()["x509_ca"] == system_ca_count()
 
 
 class Stream(io.StringIO):

@@ -1,5 +1,5 @@
 """The terminal runner's aiohttp: imported without the system's CA certificates, which only
-an https server needs (it gets a context of its own)."""
+an https server needs (loaded when one is asked)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import ssl
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -45,11 +46,10 @@ def import_aiohttp_without_certificates() -> None:
     `_SSL_CONTEXT_VERIFIED` and `_SSL_CONTEXT_UNVERIFIED`; aiohttp 3.10 to 3.14.5 checked),
     each parsing the system's CA bundle: ~70 ms of the runner's ~0.3 s start on this
     machine (bench/multi_server.py counts that start in the makespan). The runner never uses
-    them: `client_session` gives a session with an https server a context of its own with
-    the certificates, and a plain http session has no use for one. Should one be used all
-    the same (an http server redirecting to https), its empty store trusts no certificate:
-    the connection fails, it is never left unverified. Already imported (inside pytest, a
-    program of the user's): nothing changes.
+    them: its sessions (`client_session`) bring a context of their own. Should one be used
+    all the same, its empty store trusts no certificate: the connection fails, it is never
+    left unverified. Already imported (inside pytest, a program of the user's): nothing
+    changes.
     """
     if "aiohttp" in sys.modules:
         return
@@ -57,12 +57,53 @@ def import_aiohttp_without_certificates() -> None:
         importlib.import_module("aiohttp")
 
 
+class CertificatesAtNeed:
+    """A verifying client context that loads the system's CA certificates when a request
+    first needs them: an https server, or a redirect (which may lead to one). A run on plain
+    http servers never pays for them (~35 ms)."""
+
+    def __init__(self) -> None:
+        # What ssl.create_default_context() makes for a client, less the certificates:
+        # PROTOCOL_TLS_CLIENT verifies the chain and the host name.
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.loaded = False
+
+    def load(self) -> None:
+        if not self.loaded:
+            self.context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            self.loaded = True
+
+    async def on_request_start(
+        self,
+        session: aiohttp.ClientSession,
+        context: SimpleNamespace,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:
+        if params.url.scheme in ("https", "wss"):
+            self.load()
+
+    async def on_request_redirect(
+        self,
+        session: aiohttp.ClientSession,
+        context: SimpleNamespace,
+        params: aiohttp.TraceRequestRedirectParams,
+    ) -> None:
+        self.load()
+
+
 def client_session(urls: Sequence[str], timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
-    """A session for these servers; with an https one among them, its connector verifies
-    with the system's certificates (a context made here, not aiohttp's default)."""
+    """A session for these servers, verifying https with the system's certificates, loaded
+    at once when a server is https, else only if a redirect calls for them."""
     import aiohttp
 
-    if not any(url.lower().startswith("https:") for url in urls):
-        return aiohttp.ClientSession(timeout=timeout)
-    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context())
-    return aiohttp.ClientSession(timeout=timeout, connector=connector)
+    certificates = CertificatesAtNeed()
+    if any(url.lower().startswith("https:") for url in urls):
+        certificates.load()
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(certificates.on_request_start)
+    trace.on_request_redirect.append(certificates.on_request_redirect)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=aiohttp.TCPConnector(ssl=certificates.context),
+        trace_configs=[trace],
+    )
