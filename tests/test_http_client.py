@@ -17,7 +17,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from comfy_clientid_bridge import __main__ as command
+from comfy_clientid_bridge.tools import http_client
 from comfy_clientid_bridge.tools.http_client import (
+    CertificatesAtNeed,
+    _load_nothing,
     _system_certificates_skipped,
     client_session,
     import_aiohttp_without_certificates,
@@ -164,15 +167,54 @@ async def test_an_http_session_loads_the_certificates_only_at_a_redirect(
     assert context.cert_store_stats()["x509_ca"] == (system_ca_count() if loaded else 0)
 
 
+async def https_get(session: aiohttp.ClientSession) -> None:
+    async with session.get("https://127.0.0.1:9/"):
+        pass
+
+
+async def wss_connect(session: aiohttp.ClientSession) -> None:
+    await session.ws_connect("wss://127.0.0.1:9/ws")
+
+
+@pytest.mark.parametrize("request_", [https_get, wss_connect], ids=["https-get", "wss-websocket"])
 async def test_an_https_request_loads_the_certificates_before_it_connects(
-    system_certificates: None,
+    request_: Any, system_certificates: None
 ) -> None:
     async with client_session(["http://a:8188"], aiohttp.ClientTimeout(total=5)) as session:
         context = session.connector._ssl  # type: ignore[union-attr]
         with pytest.raises(aiohttp.ClientError):  # nobody listens there
-            async with session.get("https://127.0.0.1:9/"):
-                pass
+            await request_(session)
     assert context.cert_store_stats()["x509_ca"] == system_ca_count()
+
+
+def test_the_certificates_are_loaded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    certificates = CertificatesAtNeed()
+    loads: list[object] = []
+    monkeypatch.setattr(certificates.context, "load_default_certs", loads.append)
+    certificates.load()
+    certificates.load()
+    assert loads == [ssl.Purpose.SERVER_AUTH]
+
+
+@pytest.mark.parametrize(
+    ("imported_before", "imports"),
+    [(False, [("aiohttp", True)]), (True, [])],
+    ids=["first-import-skips-the-certificates", "imported-before-left-alone"],
+)
+def test_aiohttp_is_imported_once_with_the_certificates_skipped(
+    imported_before: bool, imports: list[tuple[str, bool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def import_module(name: str) -> None:
+        skipped = vars(ssl.SSLContext).get("load_default_certs") is _load_nothing
+        seen.append((name, skipped))
+
+    if not imported_before:
+        monkeypatch.delitem(sys.modules, "aiohttp")
+    monkeypatch.setattr(http_client.importlib, "import_module", import_module)
+    import_aiohttp_without_certificates()
+    assert seen == imports
 
 
 class Stream(io.StringIO):
