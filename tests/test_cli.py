@@ -527,7 +527,7 @@ def test_the_runner_declares_floors_only_and_nothing_comfyui_must_own() -> None:
     assert set(RUNNER_NEEDS) <= set(declared)
     assert all(spec.operator == ">=" for r in declared.values() for spec in r.specifier)
     assert not {"torch", "torchvision", "numpy", "pillow"} & set(declared)
-    assert project["scripts"] == {"comfy-clientid-bridge": "comfy_clientid_bridge.__main__:main"}
+    assert project["scripts"] == {"comfy-clientid-bridge": "comfy_clientid_bridge.__main__:console"}
     requirements = (root / "requirements.txt").read_text().splitlines()
     listed = [
         Requirement(line).name.lower()

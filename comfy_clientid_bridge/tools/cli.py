@@ -19,6 +19,7 @@ import aiohttp
 from .batch_view import View, make_view
 from .flow import FlowError, Settings, run_flow
 from .flow_view import FlowView
+from .http_client import client_session
 from .ledger import LedgerBusy
 from .server_credentials import CredentialsError, headers_for
 
@@ -356,7 +357,7 @@ async def run_batch(
     for index, url in enumerate(urls):
         graph, loader = prepare(workflow, folder, (index, len(urls)))
         shards.append(Shard(url, index, len(urls), Watch(graph, loader)))
-    async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session:
+    async with client_session(urls, REQUEST_TIMEOUT) as session:
         await check_servers(session, urls, class_types(shards[0].watch.graph))
         view.started(shards)
         stop = asyncio.Event()

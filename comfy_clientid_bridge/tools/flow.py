@@ -29,6 +29,7 @@ from ..batch.listing import parse_patterns
 from ..batch.naming import atomic_write_bytes, check_safe_relpath
 from ..batch.runner_routes import FOLDER_PATH, UPLOAD_ROOT, UPLOADS_PATH
 from .flow_view import FlowView
+from .http_client import client_session
 from .ledger import Ledger, write_report_file
 from .schedule import DEPTH, LOST_AFTER, STALL_FLOOR, Lease, Scheduler
 
@@ -737,7 +738,7 @@ async def run_flow(
             endpoint.upload = True if settings.upload else None  # None: asked at the check
             endpoints.append(endpoint)
         probe = images[0] if images else ""
-        async with aiohttp.ClientSession(timeout=REQUEST_TIMEOUT) as session:
+        async with client_session(urls, REQUEST_TIMEOUT) as session:
             await preflight(session, endpoints, graph, view, folder=folder, probe=probe, key=key)
             counts = ledger.counts()
             view.started(len(images), counts["done"], [e.name for e in endpoints], str(ledger.path))
