@@ -53,22 +53,34 @@ async def queue_pending(session: aiohttp.ClientSession, url: str) -> int:
         return len((await response.json())["queue_pending"])
 
 
-async def run_batch(comfy: Comfy, loop: Any, watch: float = 0.0) -> tuple[Tab, list[int]]:
-    """Runs the loop to the end -> (its tab, the queue's pending count seen every `watch` s)."""
-    pending: list[int] = []
+async def run_batch(comfy: Comfy, loop: Any) -> Tab:
+    """Runs the loop to the end -> its tab, with every event in the order the server sent it."""
     async with aiohttp.ClientSession() as session:
         tab = await Tab(session, comfy.url, uuid.uuid4().hex).open()
         listener = asyncio.create_task(tab.listen())
         await post(session, comfy.url, {"prompt": loop, "client_id": tab.client_id})
-        if watch:
-            while not any(e["node"] == "4" for e in tab.of_type("executed")):
-                pending.append(await queue_pending(session, comfy.url))
-                await asyncio.sleep(watch)
         await wait_idle(session, comfy.url)
         assert await queue_pending(session, comfy.url) == 0
         await tab.close()
         await asyncio.gather(listener, return_exceptions=True)
-    return tab, pending
+    return tab
+
+
+def queue_while_paused(tab: Tab) -> list[list[int]]:
+    """Per prompt, the queue sizes core announced (status events, sent to every tab in order
+    with the prompt's own events) from its start until the pause node (20) had run."""
+    seen: list[list[int]] = []
+    paused = False
+    for event in tab.events:
+        kind, data = event["type"], event.get("data", {})
+        if kind == "execution_start":
+            seen.append([])
+            paused = True
+        elif kind == "executing" and data.get("node") == "21":
+            paused = False
+        elif kind == "status" and paused:
+            seen[-1].append(data["status"]["exec_info"]["queue_remaining"])
+    return seen
 
 
 def loader_states(tab: Tab) -> list[tuple[str, str]]:
@@ -83,11 +95,14 @@ async def test_the_next_prompt_waits_in_the_queue_while_the_image_runs(
     comfy: Comfy, tmp_path: Path, own_subfolder: str
 ) -> None:
     folder = tiny_folder(tmp_path / "ahead", 4)
-    tab, pending = await run_batch(comfy, graph(folder, own_subfolder, pause=0.6), watch=0.1)
+    tab = await run_batch(comfy, graph(folder, own_subfolder, pause=0.3))
     saved = sorted(p.name for p in (comfy.output / own_subfolder).glob("*.png"))
     assert saved == [f"t{n}_out.png" for n in range(4)]
-    # While images 1-3 ran, the next one's prompt was in the queue already; never two.
-    assert pending.count(1) >= 6 and max(pending) == 1, pending
+    # Before each image's pause had ended, the next image's prompt was queued (the queue:
+    # the running prompt and that one); the last image queued none; never two ahead.
+    sizes = queue_while_paused(tab)
+    assert [2 in s for s in sizes] == [True, True, True, False], sizes
+    assert max(n for s in sizes for n in s) == 2, sizes
     # One prompt per image: Batch Next queued nothing on top of the prompts queued ahead.
     assert len(tab.of_type("execution_start")) == 4 and not tab.of_type("execution_error")
 
@@ -97,7 +112,7 @@ async def test_a_workflow_that_fails_on_one_image_stops_the_batch_and_run_again_
 ) -> None:
     folder = tiny_folder(tmp_path / "fails", 5)
     out = comfy.output / own_subfolder
-    tab, _ = await run_batch(comfy, graph(folder, own_subfolder, fail_stem="t2"))
+    tab = await run_batch(comfy, graph(folder, own_subfolder, fail_stem="t2"))
     [error] = tab.of_type("execution_error")
     assert "test failure on t2" in error["exception_message"]
     assert sorted(p.name for p in out.glob("*.png")) == ["t0_out.png", "t1_out.png"]
@@ -105,7 +120,7 @@ async def test_a_workflow_that_fails_on_one_image_stops_the_batch_and_run_again_
     state, text = loader_states(tab)[-1]
     assert state == "stopped" and "the previous image's prompt did not end" in text
     assert len(tab.of_type("execution_start")) == 4  # t0, t1, t2 (failed), t3 (no image)
-    tab, _ = await run_batch(comfy, graph(folder, own_subfolder))  # fixed: a new batch
+    tab = await run_batch(comfy, graph(folder, own_subfolder))  # fixed: a new batch
     assert sorted(p.name for p in out.glob("*.png")) == [f"t{n}_out.png" for n in range(5)]
     assert loader_states(tab)[-1][0] == "running" and not tab.of_type("execution_error")
 
