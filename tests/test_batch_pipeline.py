@@ -300,6 +300,66 @@ def test_ahead_below_one_is_refused() -> None:
         Prefetcher(loads.prepare, loads.finish, loads.discard, 0)
 
 
+# --- the next prompt queued ahead --------------------------------------------------------
+
+
+def test_take_hands_over_the_post_for_that_cursor_once() -> None:
+    ahead = pipeline_module.QueueAhead()
+    ahead.submit("b", 4, lambda: "prompt-4")
+    future = ahead.take("b", 4)
+    assert future is not None and future.result(WAIT) == "prompt-4"
+    assert ahead.take("b", 4) is None  # handed over: Batch Next of a rerun POSTs its own
+    assert ahead.take("other", 0) is None  # nothing queued ahead for that batch
+
+
+def test_a_stale_cursor_gets_nothing_and_drops_it() -> None:
+    ahead = pipeline_module.QueueAhead()
+    ahead.submit("b", 4, lambda: "prompt-4")
+    assert ahead.take("b", 5) is None
+    assert ahead.take("b", 4) is None
+
+
+def test_a_later_submit_replaces_the_earlier_one_of_its_batch() -> None:
+    ahead = pipeline_module.QueueAhead()
+    ahead.submit("b", 4, lambda: "prompt-4")
+    ahead.submit("c", 9, lambda: "prompt-9")
+    ahead.submit("b", 5, lambda: "prompt-5")
+    assert ahead.take("b", 4) is None
+    ahead.submit("b", 6, lambda: "prompt-6")
+    assert [ahead.take(*at).result(WAIT) for at in (("b", 6), ("c", 9))] == [  # type: ignore[union-attr]
+        "prompt-6",
+        "prompt-9",
+    ]
+
+
+def test_posts_run_one_at_a_time_in_order_and_wait_sees_them_all_end(
+    gate: threading.Event,
+) -> None:
+    ahead = pipeline_module.QueueAhead()
+    ran: list[tuple[str, str]] = []
+
+    def post(name: str) -> Callable[[], str]:
+        def run() -> str:
+            if name == "first":
+                assert gate.wait(WAIT)
+            ran.append((name, threading.current_thread().name))
+            return name
+
+        return run
+
+    ahead.submit("a", 1, post("first"))
+    ahead.submit("b", 1, post("second"))
+    waiter = threading.Thread(target=ahead.wait)
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and ran == []  # the second waits behind the first, and wait too
+    gate.set()
+    waiter.join(WAIT)
+    assert not waiter.is_alive()
+    assert [name for name, _ in ran] == ["first", "second"]
+    assert all(thread.startswith("clientid_bridge_next") for _, thread in ran)
+
+
 # --- the switch --------------------------------------------------------------------------
 
 
