@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -704,6 +705,46 @@ def test_the_next_image_counts_the_one_being_saved_as_processed(
     assert following["ui"]["text"][0].startswith("1/3 (33%) · img2.png")
     assert following["ui"]["progress"] == [0, 3]  # what clients act on: reported ones
     assert comfy.progress[-1][1:] == (2, 3)  # the progress bar: this image among them
+
+
+def held_saves(comfy: FakeComfy) -> tuple[dict[str, Any], str, Path]:
+    """img1 loaded and handed to a save worker that holds it until released (a minute at
+    most) -> (its prompt, its batch, the file it will write)."""
+    made = pipeline_module.batch_pipeline()
+    assert made is not None
+    made.saves.hold = 60.0
+    prompt = graph()
+    loaded = load(prompt)
+    save(prompt, loaded, wait=False)
+    target = comfy.output / "batch" / "img1.png"
+    assert not target.exists()
+    return prompt, loaded["result"][6], target
+
+
+def written_soon(target: Path) -> bool:
+    deadline = time.monotonic() + HELD
+    while not target.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return target.exists()
+
+
+@PIPELINED
+def test_the_next_images_loader_starts_the_save_held_for_it(comfy: FakeComfy, photos: Path) -> None:
+    prompt, batch, target = held_saves(comfy)
+    advance(prompt, batch)
+    assert not target.exists()  # Batch Next does not release it: ComfyUI's work comes next
+    following = load(step(comfy))
+    assert following["ui"]["state"] == ["running"]
+    assert written_soon(target)
+
+
+@PIPELINED
+def test_a_loader_that_halts_starts_the_save_held_too(comfy: FakeComfy, photos: Path) -> None:
+    prompt, batch, target = held_saves(comfy)
+    advance(prompt, batch)
+    stop(comfy, batch)
+    assert load(step(comfy))["ui"]["state"] == ["stopped"]
+    assert written_soon(target)
 
 
 @PIPELINED

@@ -19,6 +19,7 @@ from comfy_clientid_bridge.batch.pipeline import Prefetcher, SaveJob, SaveWorker
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 WAIT = 10.0  # seconds a test waits for a background thread at most: a hang fails, not stalls
+LONG_HOLD = 3 * WAIT  # a save held this long: what ends the hold sooner is what a test checks
 
 
 @pytest.fixture
@@ -172,6 +173,49 @@ def test_wait_for_one_batch_does_not_wait_for_another(gate: threading.Event) -> 
     worker.submit(job("a", done, "a1", gate=gate), never_stopped)
     assert worker.wait("b", timeout=0)
     assert worker.in_flight("a") == 1 and worker.in_flight("b") == 0
+
+
+def recorded(batch: str, name: str, done: list[str], finished: threading.Event) -> SaveJob:
+    def work() -> None:
+        done.append(name)
+        finished.set()
+
+    return SaveJob(batch, (), work)
+
+
+def test_a_save_alone_in_flight_waits_for_release() -> None:
+    worker, done, finished = SaveWorker(hold=LONG_HOLD), [], threading.Event()
+    assert worker.submit(recorded("b", "one", done, finished), never_stopped)
+    assert not finished.wait(0.2) and done == []  # held: the executor is between prompts
+    worker.release()  # the next image's loader returned
+    assert finished.wait(WAIT) and done == ["one"]
+
+
+def test_a_hold_ends_by_itself_after_hold_seconds() -> None:
+    worker, done, finished = SaveWorker(hold=0.05), [], threading.Event()
+    assert worker.submit(recorded("b", "last", done, finished), never_stopped)
+    assert finished.wait(WAIT) and done == ["last"]  # no next image: it starts all the same
+
+
+def test_a_second_save_ends_the_hold() -> None:
+    worker, done, finished = SaveWorker(hold=LONG_HOLD), [], threading.Event()
+    assert worker.submit(recorded("b", "one", done, threading.Event()), never_stopped)
+    assert worker.submit(recorded("b", "two", done, finished), never_stopped)
+    assert finished.wait(WAIT) and done == ["one", "two"]  # behind: nothing held
+
+
+def test_waiting_for_the_saves_ends_the_hold() -> None:
+    worker, done = SaveWorker(hold=LONG_HOLD), []
+    assert worker.submit(recorded("b", "one", done, threading.Event()), never_stopped)
+    started = threading.Event()
+    waited: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: (started.set(), waited.append(worker.wait("b"))), daemon=True
+    )
+    waiter.start()
+    assert started.wait(WAIT)
+    waiter.join(WAIT)
+    assert waited == [True] and done == ["one"]
 
 
 def test_depth_below_one_is_refused() -> None:

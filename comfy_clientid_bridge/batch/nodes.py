@@ -158,6 +158,8 @@ class BatchImageLoader:
         read = load_image if pipeline is None else pipeline.loads.take
         loaded = _first_readable(engine, claimed, on_error, prompt_id, read)
         if isinstance(loaded, Halt):
+            if pipeline is not None:
+                pipeline.saves.release()
             return _blocked(engine, loaded, len(self.RETURN_TYPES))
         claimed, rgb, mask = loaded
         if pipeline is not None:
@@ -172,6 +174,7 @@ class BatchImageLoader:
         ui = {**_ui(engine, batch, text, "running"), "file": [rel.name]}
         if pipeline is not None:  # last: its thread's Python would hold up the lines above
             _queue_ahead(engine, pipeline, claimed, prompt, unique_id, extra_pnginfo)
+            pipeline.saves.release()  # the workflow runs now: the last image's save may start
         return {"ui": ui, "result": result}
 
 
