@@ -14,6 +14,9 @@ each T, rounds alternating (the order rotates each round):
   loop floor our pipelined loop over 30 tiny 8x8 JPEGs: its fixed cost per image;
   core floor core's EmptyImage 8x8 -> stand-in -> a no-op output node, 30 prompts queued at
              once: ComfyUI's own per-prompt work, nothing of ours.
+Before each run the disk's dirty pages are written out (os.sync): core's SaveImage does not
+fsync, and its ~30 files would otherwise be flushed during whichever run comes next. Every
+way is warmed up once on the photos and once on the tiny images first.
 Wall: from the POST until the event that says the batch is done (our Batch Next's "done",
 sent only after the last file and report line are durable; core's last execution_success).
 The machine may be shared: the load average is printed with each round; ratios of one run
@@ -232,6 +235,7 @@ async def measure(
             before = load()
             for way in order:
                 tag = f"r{number}_{ms}_{way.replace(' ', '_')}"
+                await asyncio.to_thread(os.sync)  # the last run's writes are not billed here
                 walls[(way, ms)].append(await runs[way](tag, ms))
             shares = ", ".join(
                 f"{way} {COUNT * ms / 1000 / walls[(way, ms)][-1]:.3f}" for way in WAYS
@@ -314,10 +318,15 @@ async def main() -> None:
                 for mode in ("serial", "pipelined")
             }
             shutil.copytree(root / "in", root / "pipelined" / "input" / "bench")
-            for comfy in servers.values():  # warm-up: first imports, first prompt
+            for comfy in servers.values():  # warm-up: first imports, first prompt, each path
                 await our_loop(comfy, root / "tiny", "warmup", 1)
+                await our_loop(comfy, root / "in", "warmup_photos", 1)
             await core_queue(
                 servers["pipelined"], [core_floor_graph(n, "warmup", 1) for n in range(COUNT)]
+            )
+            await core_queue(
+                servers["pipelined"],
+                [core_graph(f"bench/{p.name}", "warmup", 1) for p in sorted(root.glob("in/*.jpg"))],
             )
             walls = await measure(servers, root, args.rounds, millis)
         report(walls, millis)
