@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -75,6 +76,12 @@ def report_for(comfy: Comfy, stem: str) -> list[dict[str, Any]]:
     return found[0] if found else []
 
 
+def own_stem(name: str) -> str:
+    """A folder name (and so image stems, output subfolder, report) no earlier try of the
+    test on the module's servers used: a rerun after a failure finds only its own files."""
+    return f"{name}{uuid.uuid4().hex[:6]}x"
+
+
 def sources(lines: list[dict[str, Any]]) -> list[str]:
     return sorted(str(line["source"]) for line in lines)
 
@@ -98,16 +105,17 @@ def ends(running: Running) -> dict[int, dict[str, Any]]:
 def test_twenty_images_over_two_servers_are_each_processed_once(
     live: Servers, tmp_path: Path
 ) -> None:
-    names = images(tmp_path / "split", 20)
-    flow = workflow(tmp_path / "flow.json", "split")
+    stem = own_stem("split")
+    names = images(tmp_path / stem, 20)
+    flow = workflow(tmp_path / "flow.json", stem)
     urls = [live[FIRST].url, live[SECOND].url]
-    status, running = run(command(urls, flow, tmp_path / "split", "--json"))
+    status, running = run(command(urls, flow, tmp_path / stem, "--json"))
     assert status == 0, running.text()
     events = running.events()  # every stdout line is one JSON object
     assert events[0] == {"event": "start", "servers": urls}
     assert events[-1] == {"event": "summary", "exit": 0, "done": 20, "total": 20, "incomplete": []}
     assert {e["server"] for e in events if e["event"] == "progress"} == set(urls)
-    made = {index: outputs(live[index], "split") for index in (FIRST, SECOND)}
+    made = {index: outputs(live[index], stem) for index in (FIRST, SECOND)}
     assert sorted(source_of(name) for name in made[FIRST] + made[SECOND]) == names
     for index, end in ends(running).items():
         assert (end["server"], end["outcome"], end["ok"]) == (urls[index], "done", True)
@@ -121,9 +129,10 @@ def test_twenty_images_over_two_servers_are_each_processed_once(
 def test_a_server_killed_mid_run_is_named_and_a_rerun_finishes_only_the_rest(
     live: Servers, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "kill"
+    stem = own_stem("kill")
+    folder = tmp_path / stem
     names = images(folder, 20)
-    flow = workflow(tmp_path / "flow.json", "kill", pause=0.3)
+    flow = workflow(tmp_path / "flow.json", stem, pause=0.3)
     victim = f"{host(live[SECOND])} [2/2]"
     running = Running(command([live[FIRST].url, live[SECOND].url], flow, folder))
     # Not a terminal: a plain line per image; kill the second server after its third.
@@ -133,8 +142,8 @@ def test_a_server_killed_mid_run_is_named_and_a_rerun_finishes_only_the_rest(
     assert any(line.startswith(f"{victim}: incomplete at ") for line in running.stderr)
     assert running.stderr[-1].endswith(f"; not finished: {victim} (exit 1)"), running.text()
     # The other server finished its shard.
-    assert sources(report_for(live[FIRST], "kill")) == shard_of(names, 0, 2)
-    before = report_for(live[SECOND], "kill")
+    assert sources(report_for(live[FIRST], stem)) == shard_of(names, 0, 2)
+    before = report_for(live[SECOND], stem)
     assert 3 <= len(before) < 10, "the kill must land mid-shard"
 
     live.revive()  # the second server again, on its root (its batch state), at a new port
@@ -143,21 +152,22 @@ def test_a_server_killed_mid_run_is_named_and_a_rerun_finishes_only_the_rest(
     assert status == 0, rerun.text()
     finished = ends(rerun)
     assert (finished[0]["outcome"], finished[1]["outcome"]) == ("complete", "done")
-    after = report_for(live[SECOND], "kill")
+    after = report_for(live[SECOND], stem)
     assert after[: len(before)] == before
     missing = sorted(set(shard_of(names, 1, 2)) - {line["source"] for line in before})
     assert sources(after[len(before) :]) == missing  # only the rest, each once
-    assert len(report_for(live[FIRST], "kill")) == 10  # nothing again on the first
-    made = outputs(live[FIRST], "kill") + outputs(live[SECOND], "kill")
+    assert len(report_for(live[FIRST], stem)) == 10  # nothing again on the first
+    made = outputs(live[FIRST], stem) + outputs(live[SECOND], stem)
     assert sorted(source_of(name) for name in made) == names
 
 
 def test_ctrl_c_stops_every_server_and_the_same_command_resumes(
     live: Servers, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "stop"
+    stem = own_stem("stop")
+    folder = tmp_path / stem
     names = images(folder, 16)
-    flow = workflow(tmp_path / "flow.json", "stop", pause=0.3)
+    flow = workflow(tmp_path / "flow.json", stem, pause=0.3)
     urls = [live[FIRST].url, live[SECOND].url]
     running = Running(command(urls, flow, folder, "--json"))
 
@@ -176,14 +186,14 @@ def test_ctrl_c_stops_every_server_and_the_same_command_resumes(
         batch = stopped[index]["batch_id"]
         status = get_json(f"{urls[index]}/api/clientid_bridge/batch/{batch}")
         assert status["stopped"] and status["done"] < 8, status
-    counts = [len(report_for(live[index], "stop")) for index in (FIRST, SECOND)]
+    counts = [len(report_for(live[index], stem)) for index in (FIRST, SECOND)]
 
     status, rerun = run(command(urls, flow, folder, "--json"))
     assert status == 0, rerun.text()
     for index in (FIRST, SECOND):
-        lines = report_for(live[index], "stop")
+        lines = report_for(live[index], stem)
         assert len(lines) == 8 and sources(lines) == shard_of(names, index, 2), counts
-    made = outputs(live[FIRST], "stop") + outputs(live[SECOND], "stop")
+    made = outputs(live[FIRST], stem) + outputs(live[SECOND], stem)
     assert sorted(source_of(name) for name in made) == names
 
 
