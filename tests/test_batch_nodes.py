@@ -391,7 +391,8 @@ def test_a_complete_batch_blocks_and_says_so(
     run_batch(comfy, graph())
     with caplog.at_level("INFO", logger="comfy_clientid_bridge"):
         loaded = load(graph())
-    assert f"batch {batch_of(graph())}: already complete: " in caplog.text
+    [message] = [r.getMessage() for r in caplog.records if "already complete" in r.getMessage()]
+    assert message.startswith(f"batch {batch_of(graph())}: already complete: ")
     assert loaded["result"][0] == "blocked" and loaded["ui"]["state"] == ["complete"]
     assert "already complete" in loaded["ui"]["text"][0]
     assert loaded["ui"]["badge"] == loaded["ui"]["text"]  # the reason, not the progress
@@ -768,6 +769,75 @@ def test_a_save_failing_behind_the_loop_stops_it_at_the_next_step_and_is_redone_
     ]
     monkeypatch.setattr(nodes, "atomic_write_bytes", disk)  # the disk has room again
     assert run_batch(comfy, graph()) == ["img1", "img2", "img10"]
+    saved = sorted(p.name for p in (comfy.output / "batch").iterdir())
+    assert saved == ["img1.png", "img10.png", "img2.png"]  # the failure is forgotten
+
+
+@PIPELINED
+def test_a_background_save_failing_otherwise_than_on_the_disk_stops_its_batch_at_once(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> bytes:
+        raise ValueError("encoder broke")
+
+    monkeypatch.setattr(nodes, "encode_image", broken)
+    prompt = graph()
+    loaded = load(prompt)
+    batch = loaded["result"][6]
+    save(prompt, loaded)  # and settled: the failure happened behind the loop
+    assert engine().is_stopped(batch)
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        load(step(comfy))
+
+
+@PIPELINED
+def test_a_saver_that_finds_no_room_waits_for_it(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    monkeypatch.setattr(pipeline_module, "_pipeline", pipeline_module.make_pipeline(depth=1))
+    written = held_writes(monkeypatch, gate)
+    prompt = graph()
+    first = load(prompt)
+    save(prompt, first, wait=False)  # in flight: the worker is full
+    advance(prompt, first["result"][6])
+    second = load(step(comfy))
+    opener = threading.Timer(0.2, gate.set)
+    opener.start()
+    answer = save(step(comfy), second)  # waits for room (its batch runs), then hands over
+    opener.join()
+    assert answer["ui"]["images"] == [
+        {"filename": "img2.png", "subfolder": "batch", "type": "output"}
+    ]
+    assert written == ["img1.png", "img2.png"]
+
+
+@PIPELINED
+def test_a_saver_raises_the_failure_of_its_batchs_earlier_save(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    held_writes(monkeypatch, gate, fail=True)
+    prompt = graph()
+    first = load(prompt)
+    save(prompt, first, wait=False)
+    advance(prompt, first["result"][6])
+    second = load(step(comfy))  # the first save has not failed yet
+    gate.set()
+    settle()
+    with pytest.raises(RuntimeError, match="Batch Image Saver could not write .*img1.png"):
+        save(step(comfy), second)
+
+
+@PIPELINED
+def test_a_persons_run_of_another_batch_does_not_wait_for_this_ones_saves(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    png(comfy.input / "other" / "o1.png")
+    written = held_writes(monkeypatch, gate)
+    prompt = graph()
+    save(prompt, load(prompt), wait=False)  # held on the disk
+    other = load(graph("other"))
+    assert other["ui"]["state"] == ["running"] and other["result"][2] == "o1"
+    assert written == []  # it did not wait for the first batch's save
 
 
 @PIPELINED
@@ -1079,6 +1149,7 @@ def test_the_next_prompt_is_queued_while_the_image_runs_and_only_once(
     save(prompt, loaded)
     answer = advance(prompt, loaded["result"][6])
     assert comfy.queued == [ahead] and answer["ui"]["state"] == ["running"]
+    assert comfy.dropped == []  # its batch runs: the prompt queued ahead stays queued
     assert engine().batches_of_prompt("p1") == [loaded["result"][6]]
     assert load(ahead["prompt"])["result"][2] == "img2"  # let go: it loads its image
 
@@ -1102,7 +1173,10 @@ def test_a_prompt_that_never_reached_its_batch_next_stops_the_batch(
 
 @PIPELINED
 def test_a_refused_post_ahead_is_made_again_by_batch_next(
-    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch
+    comfy: FakeComfy,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     refusals = [RuntimeError("ComfyUI refused the next prompt: 401")]
 
@@ -1117,7 +1191,12 @@ def test_a_refused_post_ahead_is_made_again_by_batch_next(
     settle()
     assert comfy.queued == [] and refusals == []
     save(prompt, loaded)
-    assert advance(prompt, loaded["result"][6])["ui"]["state"] == ["running"]
+    with caplog.at_level("INFO", logger="comfy_clientid_bridge"):
+        assert advance(prompt, loaded["result"][6])["ui"]["state"] == ["running"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"batch {loaded['result'][6]}: the next prompt queued ahead failed "
+        "(ComfyUI refused the next prompt: 401); queueing it"
+    ]
     [body] = comfy.queued
     assert body["prompt"][LOADER]["inputs"]["cursor"] == 1
     assert engine().batches_of_prompt("p1") == [loaded["result"][6]]
