@@ -860,7 +860,11 @@ def test_saves_handed_over_before_a_stop_are_finished(
 
 @PIPELINED
 def test_a_stop_while_the_saver_waits_for_room_leaves_that_image_for_the_next_run(
-    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+    comfy: FakeComfy,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gate: threading.Event,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(pipeline_module, "_pipeline", pipeline_module.make_pipeline(depth=1))
     written = held_writes(monkeypatch, gate)
@@ -871,8 +875,12 @@ def test_a_stop_while_the_saver_waits_for_room_leaves_that_image_for_the_next_ru
     advance(prompt, batch)
     second = load(step(comfy))
     engine().stop(batch)
-    answer = save(step(comfy), second, wait=False)  # waits for room, sees the stop
+    with caplog.at_level("INFO", logger="comfy_clientid_bridge"):
+        answer = save(step(comfy), second, wait=False)  # waits for room, sees the stop
     assert answer == {"ui": {"images": []}, "result": ("",)}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"batch {batch}: stopped while an image waited for the disk; not saved"
+    ]
     gate.set()
     settle()
     assert written == ["img1.png"]
@@ -894,6 +902,20 @@ def test_the_end_of_a_batch_comes_after_its_last_save_is_durable(
     assert answer["ui"]["badge"] == ["done: 1 saved, 0 skipped"]
     assert answer["ui"]["text"][0].startswith("done: 1 image in ")
     assert [line["status"] for line in read_report(report(comfy))] == ["saved"]
+
+
+@PIPELINED
+def test_a_last_save_that_fails_is_the_end_of_its_batch_not_done(
+    comfy: FakeComfy, photos: Path, monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    for name in ("img2.png", "img10.png"):
+        (photos / name).unlink()
+    held_writes(monkeypatch, gate, wait=0.3, fail=True)  # a slow disk, then full
+    prompt = graph()
+    loaded = load(prompt)
+    save(prompt, loaded, wait=False)
+    with pytest.raises(RuntimeError, match="Batch Image Saver could not write .*img1.png"):
+        advance(prompt, loaded["result"][6])
 
 
 @PIPELINED
