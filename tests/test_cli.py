@@ -363,20 +363,29 @@ def test_json_prints_one_object_per_event() -> None:
     assert out.getvalue() == "batch: boom\n"
 
 
-def test_plain_lines_only_when_a_count_or_state_changes() -> None:
+def test_plain_lines_only_when_a_count_state_or_image_changes() -> None:
     out = io.StringIO()
     view = PlainView(out)
     one = shard(0, 1)
     view.started([one])
-    for event in (loader_step(1, 3), loader_step(1, 3), loader_step(2, 3), DONE):
+    steps = (
+        loader_step(1, 3, "a.png"),
+        loader_step(1, 3, "a.png"),
+        loader_step(1, 3, "b.png"),  # the count trails: the next image, the same count
+        loader_step(3, 3, "c.png"),
+        DONE,
+    )
+    for event in steps:
         one.watch.on_event(event)
         view.progress(one)
     lines = out.getvalue().splitlines()
     assert [line.split(" [")[0] for line in lines] == [
         "127.0.0.1:8188 1/3",
-        "127.0.0.1:8188 2/3",
+        "127.0.0.1:8188 1/3",
+        "127.0.0.1:8188 3/3",
         "127.0.0.1:8188 10/10",
     ]
+    assert [line.rsplit(" ", 1)[1] for line in lines[:3]] == ["a.png", "b.png", "c.png"]
     assert "\r" not in out.getvalue() and "\033" not in out.getvalue()
 
 

@@ -159,13 +159,15 @@ class JsonView:
 
 
 class PlainView:
-    """Not a terminal (a log, CI, a pipe): one line whenever a shard's count or state changes."""
+    """Not a terminal (a log, CI, a pipe): one line whenever a shard's count, state or image
+    changes: a line per image even when the count of durable saves, which trails the image
+    being processed, moves by two at once."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.shards: Sequence[Shard] = ()
         self.start = time.monotonic()
-        self.shown: dict[int, tuple[int, str]] = {}
+        self.shown: dict[int, tuple[int, str, str | None]] = {}
 
     def _line(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -178,7 +180,7 @@ class PlainView:
         self._line(f"{label(shard)} queued")
 
     def progress(self, shard: Shard) -> None:
-        key = (counts(shard)[0], shard.outcome)
+        key = (counts(shard)[0], shard.outcome, shard.watch.current)
         if self.shown.get(shard.index) != key:
             self.shown[shard.index] = key
             self._line(plain_line(shard, self.shards, time.monotonic() - self.start))

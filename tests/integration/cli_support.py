@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,6 +39,12 @@ def use_matrix_cell(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("comfyui_cell")
     except pytest.FixtureLookupError:
         pass
+
+
+def own_stem(name: str) -> str:
+    """A folder name (its images, outputs and report) no earlier try of the test on the
+    module's servers used: a rerun after a failure finds only its own files."""
+    return f"{name}{uuid.uuid4().hex[:6]}x"
 
 
 def images(folder: Path, count: int, *, corrupt: bool = False) -> list[str]:

@@ -12,6 +12,7 @@ from integration.cli_support import (
     SLOW_PACK,
     Running,
     images,
+    own_stem,
     run,
     workflow,
 )
@@ -32,19 +33,26 @@ def host(comfy: Comfy) -> str:
     return comfy.url.removeprefix("http://")
 
 
+def count_of(line: str) -> int:
+    """The count of durable saves in a plain line: '127.0.0.1:8188 3/8 [...' -> 3."""
+    return int(line.split(" ")[1].split("/")[0])
+
+
 def test_a_clean_folder_exits_zero_with_a_plain_line_per_image(
     comfy: Comfy, tmp_path: Path
 ) -> None:
-    images(tmp_path / "ok", 5)
-    flow = workflow(tmp_path / "flow.json", "ok")
-    status, running = run(command([comfy.url], flow, tmp_path / "ok"))
+    stem = own_stem("ok")
+    images(tmp_path / stem, 5)
+    flow = workflow(tmp_path / "flow.json", stem)
+    status, running = run(command([comfy.url], flow, tmp_path / stem))
     assert status == 0, running.text()
     lines = running.stderr  # not a terminal: plain lines, no carriage returns, no bar
     counted = [line.split(" [")[0] for line in lines if line.startswith(f"{host(comfy)} ")]
     # Counts of durable saves: with the pipelined loop they trail the image being processed
-    # by the saves in flight (up to 3), so they rise to 5/5 without a line for each number.
-    counts = [int(line.split(" ")[1].split("/")[0]) for line in counted if line.endswith("/5")]
-    assert counts == sorted(counts) and counts[-1] == 5 and len(counts) >= 5, lines
+    # by the saves in flight (up to 3), so they rise to 5/5 without a line for each number;
+    # a line for each image all the same (its name changes).
+    counts = [count_of(line) for line in counted if line.endswith("/5")]
+    assert counts == sorted(counts) and counts[-1] == 5 and len(counts) >= 6, lines
     assert all("\r" not in line and "\x1b" not in line for line in lines)
     assert f"{host(comfy)}: done: 5 saved, 0 skipped" in lines
     report = next(line for line in lines if line.startswith(f"  report ({host(comfy)}): "))
@@ -54,9 +62,10 @@ def test_a_clean_folder_exits_zero_with_a_plain_line_per_image(
 
 
 def test_an_unreadable_image_exits_non_zero_with_the_summary(comfy: Comfy, tmp_path: Path) -> None:
-    images(tmp_path / "bad", 3, corrupt=True)
-    flow = workflow(tmp_path / "flow.json", "bad")
-    status, running = run(command([comfy.url], flow, tmp_path / "bad", "--json"))
+    stem = own_stem("bad")
+    images(tmp_path / stem, 3, corrupt=True)
+    flow = workflow(tmp_path / "flow.json", stem)
+    status, running = run(command([comfy.url], flow, tmp_path / stem, "--json"))
     assert status == 1, running.text()
     [end] = [event for event in running.events() if event["event"] == "end"]
     assert (end["outcome"], end["failed"], end["ok"]) == ("done", 1, False)
@@ -65,11 +74,18 @@ def test_an_unreadable_image_exits_non_zero_with_the_summary(comfy: Comfy, tmp_p
 
 
 def test_ctrl_c_stops_the_batch_and_the_same_command_resumes(comfy: Comfy, tmp_path: Path) -> None:
-    folder = tmp_path / "slow"
+    stem = own_stem("slow")
+    folder = tmp_path / stem
     images(folder, 8)
-    flow = workflow(tmp_path / "flow.json", "slow", pause=0.3)
+    flow = workflow(tmp_path / "flow.json", stem, pause=0.3)
     running = Running(command([comfy.url], flow, folder))
-    running.wait_until(lambda: any(f"{host(comfy)} 2/8 " in line for line in running.stderr))
+    mine = f"{host(comfy)} "
+    running.wait_until(
+        lambda: any(
+            line.startswith(mine) and "/8 " in line and count_of(line) >= 2
+            for line in running.stderr
+        )
+    )
     running.interrupt()
     assert running.finish() == 130, running.text()
     assert any(
@@ -81,7 +97,7 @@ def test_ctrl_c_stops_the_batch_and_the_same_command_resumes(comfy: Comfy, tmp_p
     assert f"{host(comfy)}: done: 8 saved, 0 skipped" in resumed.stderr
     first = next(line for line in resumed.stderr if line.startswith(f"{host(comfy)} "))
     assert not first.startswith(f"{host(comfy)} 0/8"), "resumed where it stopped"
-    assert len(list((comfy.output / "slow").glob("*_out.png"))) == 8
+    assert len(list((comfy.output / stem).glob("*_out.png"))) == 8
 
 
 def project() -> dict[str, list[str]]:
@@ -130,9 +146,10 @@ def test_a_plain_pip_install_in_a_fresh_venv_runs_the_command(comfy: Comfy, tmp_
     ).stdout.lower()
     for heavy in ("torch", "numpy", "pillow"):
         assert f"\n{heavy}==" not in f"\n{installed}", installed
-    images(tmp_path / "fresh", 3)
-    flow = workflow(tmp_path / "flow.json", "fresh")
+    stem = own_stem("fresh")
+    images(tmp_path / stem, 3)
+    flow = workflow(tmp_path / "flow.json", stem)
     program = [str(venv / "bin" / "comfy-clientid-bridge")]
-    status, running = run(command([comfy.url], flow, tmp_path / "fresh", program=program))
+    status, running = run(command([comfy.url], flow, tmp_path / stem, program=program))
     assert status == 0, running.text()
     assert f"{host(comfy)}: done: 3 saved, 0 skipped" in running.stderr

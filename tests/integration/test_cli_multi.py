@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,6 +16,7 @@ from integration.cli_support import (
     get_json,
     images,
     outputs,
+    own_stem,
     prompts_seen,
     report_lines,
     run,
@@ -74,12 +74,6 @@ def report_for(comfy: Comfy, stem: str) -> list[dict[str, Any]]:
     ]
     assert len(found) <= 1, f"{len(found)} reports for {stem} on {comfy.url}"
     return found[0] if found else []
-
-
-def own_stem(name: str) -> str:
-    """A folder name (and so image stems, output subfolder, report) no earlier try of the
-    test on the module's servers used: a rerun after a failure finds only its own files."""
-    return f"{name}{uuid.uuid4().hex[:6]}x"
 
 
 def sources(lines: list[dict[str, Any]]) -> list[str]:
