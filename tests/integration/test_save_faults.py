@@ -42,12 +42,13 @@ async def test_a_save_that_fails_stops_the_batch_with_a_clear_error(
     comfy: Comfy, tmp_path: Path, bad_folder: tuple[str, Path]
 ) -> None:
     kind, mount = bad_folder
+    stem = f"{kind}{uuid.uuid4().hex[:6]}x"  # this try's own: a rerun finds only its report
     folder = tmp_path / f"in-{kind}"
     folder.mkdir()
     rng = np.random.default_rng(5)
     for number in range(4):
         pixels = rng.integers(0, 255, (900, 900, 3), dtype=np.uint8)  # 2.4 MB as PNG
-        Image.fromarray(pixels).save(folder / f"{kind}{number}.png", compress_level=0)
+        Image.fromarray(pixels).save(folder / f"{stem}{number}.png", compress_level=0)
     graph = json.loads((REPO / "examples" / "batch_folder.api.json").read_text())
     graph["1"]["inputs"].update(folder=str(folder))
     graph["2"]["inputs"].update(output_folder=str(mount), subfolder="out")
@@ -66,7 +67,7 @@ async def test_a_save_that_fails_stops_the_batch_with_a_clear_error(
     # to at most the images it holds (SAVES_IN_FLIGHT), which are dropped and never reported.
     assert len(tab.of_type("execution_start")) <= 1 + SAVES_IN_FLIGHT
     reports = [read_report(p) for p in comfy.output.glob("batch_*.jsonl")]
-    [lines] = [r for r in reports if r and r[0]["source"].startswith(kind)]
+    [lines] = [r for r in reports if r and r[0]["source"].startswith(stem)]
     assert [line["status"] for line in lines] == ["failed"]
     assert not [p for p in mount.rglob("*") if p.is_file()]  # no partial or temp file left
 
@@ -112,28 +113,31 @@ async def test_a_disk_that_fills_mid_batch_stops_it_and_the_next_run_saves_the_r
     4-5 never reported; the next Run, with room again, saves 3-5, each once."""
     folder = tmp_path / "fills"
     folder.mkdir()
+    stem = f"fill{uuid.uuid4().hex[:6]}x"  # this try's own: a rerun finds only its report
     rng = np.random.default_rng(6)
     for number in range(5):
         pixels = rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)  # 480 KB as PNG
-        Image.fromarray(pixels).save(folder / f"fill{number}.png", compress_level=0)
+        Image.fromarray(pixels).save(folder / f"{stem}{number}.png", compress_level=0)
     graph = json.loads((REPO / "examples" / "batch_folder.api.json").read_text())
     graph["1"]["inputs"].update(folder=str(folder))
     graph["2"]["inputs"].update(output_folder=str(small_disk), subfolder="", existing="increment")
     tab = await run_until_idle(comfy, graph)
     [error] = tab.of_type("execution_error")
     assert "Batch Image Saver could not write" in error["exception_message"]
-    assert "fill2_out.png" in error["exception_message"]
+    assert f"{stem}2_out.png" in error["exception_message"]
     assert "No space left on device" in error["exception_message"]
-    [report] = [p for p in comfy.output.glob("batch_*.jsonl") if "fill0" in p.read_text()]
+    [report] = [p for p in comfy.output.glob("batch_*.jsonl") if f"{stem}0" in p.read_text()]
     statuses = [(line["source"], line["status"]) for line in read_report(report)]
-    assert statuses == [("fill0.png", "saved"), ("fill1.png", "saved"), ("fill2.png", "failed")]
-    assert sorted(p.name for p in small_disk.iterdir()) == ["fill0_out.png", "fill1_out.png"]
+    assert statuses == [
+        (f"{stem}{n}.png", status) for n, status in enumerate(("saved", "saved", "failed"))
+    ]
+    assert sorted(p.name for p in small_disk.iterdir()) == [f"{stem}0_out.png", f"{stem}1_out.png"]
 
     remount = ["mount", "-o", "remount,size=8m", str(small_disk)]
     subprocess.run(remount, check=True, capture_output=True)
     await run_until_idle(comfy, graph)
     outputs = sorted(p.name for p in small_disk.iterdir())
-    assert outputs == [f"fill{number}_out.png" for number in range(5)]  # no _1: none twice
+    assert outputs == [f"{stem}{number}_out.png" for number in range(5)]  # no _1: none twice
     for name in outputs:
         with Image.open(small_disk / name) as image:
             image.load()
